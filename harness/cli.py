@@ -1,0 +1,173 @@
+"""Command line: ``python -m harness {ls,validate,eval,eval-all,table,make-demo-data}``.
+
+torch is imported only by the commands that run models, so ``ls``, ``validate`` and ``--help`` are instant.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+logger = logging.getLogger("harness")
+
+
+def _add_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model card name (see `ls`) or path to a card YAML")
+    p.add_argument("--data-root", required=True, type=Path,
+                   help="folder holding the datasets in the ELEVATER toolkit's layout (DATASET.ROOT)")
+    p.add_argument("--protocol", choices=("elevater", "openclip"), default="elevater",
+                   help="zero-shot protocol (default: elevater)")
+    p.add_argument("--weights", help="weights file to use instead of the card's source (also: env "
+                                     "HARNESS_WEIGHTS_<CARD>, or a folder in HARNESS_WEIGHTS_DIR)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (toolkit: 64; default 64)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: min(8, CPUs))")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--precision", choices=("fp32", "amp", "amp_bf16", "fp16", "bf16"), default="fp32",
+                   help="fp32 (toolkit default for REACT), amp (autocast fp16 on GPU / bf16 on CPU), amp_bf16, "
+                        "fp16, bf16 (pure half weights)")
+    p.add_argument("--results", type=Path, default=None, help="results folder (default: ./results or "
+                                                              "HARNESS_RESULTS)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the classifier cache")
+    p.add_argument("--refresh-cache", action="store_true", help="recompute and overwrite cached classifiers")
+    p.add_argument("--force", action="store_true", help="recompute results that are already finished")
+    p.add_argument("--no-predictions-json", action="store_true",
+                   help="skip the ELEVATER-style predictions JSON export (large for ImageNet)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=(
+        "Zero-shot evaluation of CLIP/OpenCLIP/REACT model cards on ImageNet-1K and the ELEVATER datasets."))
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("ls", help="list model and dataset cards")
+    p.add_argument("what", nargs="?", choices=("all", "models", "datasets"), default="all")
+
+    sub.add_parser("validate", help="check every card strictly (unknown keys, types, cross references)")
+
+    p = sub.add_parser("eval", help="evaluate one model on one or more datasets")
+    _add_eval_flags(p)
+    p.add_argument("--dataset", required=True, action="append",
+                   help="dataset card name (repeat or comma-separate for several)")
+
+    p = sub.add_parser("eval-all", help="evaluate one model on every dataset card (ImageNet-1K + 20 ELEVATER)")
+    _add_eval_flags(p)
+    p.add_argument("--datasets", default=None, help="comma-separated subset of dataset cards (default: all)")
+
+    p = sub.add_parser("table", help="print a table of finished results")
+    p.add_argument("--results", type=Path, default=None)
+    p.add_argument("--protocol", default=None, help="only this protocol")
+
+    p = sub.add_parser("make-demo-data", help="generate the tiny offline demo suite in ELEVATER formats")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--images-per-class", type=int, default=4)
+    return parser
+
+
+def _cmd_ls(args) -> int:
+    from harness import cards
+
+    if args.what in ("all", "models"):
+        models = cards.all_model_cards()
+        print(f"{len(models)} model cards:")
+        for c in models:
+            pub = ", ".join(f"{k} {v:g}" for k, v in c.published.items())
+            print(f"  {c.name:44s} {c.architecture:28s} {c.method:12s} {c.weights.identity}"
+                  + (f"  [published: {pub}]" if pub else ""))
+    if args.what in ("all", "datasets"):
+        datasets = cards.all_dataset_cards()
+        print(f"{len(datasets)} dataset cards:")
+        for d in datasets:
+            print(f"  {d.name:34s} {d.type:11s} {d.format:5s} {d.num_classes:5d} classes "
+                  f"{len(d.templates):3d} templates  {d.metric:15s} test {d.eval_spec.num_images} images")
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from harness import cards
+
+    ok, errors = cards.validate_all()
+    for line in ok:
+        print(f"ok    {line}")
+    for line in errors:
+        print(f"ERROR {line}")
+    print(f"{len(ok)} cards valid, {len(errors)} invalid")
+    return 1 if errors else 0
+
+
+def _options(args):
+    from harness.runner import EvalOptions
+
+    if args.batch_size < 1:
+        raise HarnessError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.workers is not None and args.workers < 0:
+        raise HarnessError(f"--workers must be 0 or more, got {args.workers}.")
+    return EvalOptions(protocol=args.protocol, weights=args.weights, batch_size=args.batch_size,
+                       workers=args.workers, device=args.device, precision=args.precision,
+                       use_cache=not args.no_cache, refresh_cache=args.refresh_cache, force=args.force,
+                       results_root=args.results, save_predictions=not args.no_predictions_json,
+                       progress=not args.no_progress and sys.stderr.isatty())
+
+
+def _cmd_eval(args) -> int:
+    from harness.runner import evaluate
+
+    if args.command == "eval":
+        names = [n.strip() for item in args.dataset for n in item.split(",") if n.strip()]
+    else:
+        names = [n.strip() for n in args.datasets.split(",")] if args.datasets else None
+    summary = evaluate(args.model, names, args.data_root, _options(args))
+    print("\n".join(summary.lines()))
+    if args.command == "eval" and summary.missing:
+        print("\n".join(summary.missing.values()), file=sys.stderr)
+        return 2
+    return 1 if summary.failed else 0
+
+
+def _cmd_table(args) -> int:
+    from harness import paths
+    from harness.results import iter_results
+
+    rows = [r for r in iter_results(args.results or paths.results_dir())
+            if not args.protocol or r["protocol"]["name"] == args.protocol]
+    if not rows:
+        print(f"no finished results under {args.results or paths.results_dir()}")
+        return 1
+    print(f"{'model':34s} {'protocol':9s} {'dataset':34s} {'metric':15s} {'score':>7s} {'images':>7s} {'img/s':>8s}")
+    for r in rows:
+        print(f"{r['model']['card']:34s} {r['protocol']['name']:9s} {r['dataset']['card']:34s} {r['metric']:15s} "
+              f"{r['score']:7.2f} {r['n_images']:7d} {r['provenance']['images_per_second']:8.1f}")
+    return 0
+
+
+def _cmd_make_demo_data(args) -> int:
+    from harness.synthetic import make_demo_suite
+
+    made = make_demo_suite(args.out, images_per_class=args.images_per_class)
+    for name, where in made.items():
+        print(f"{name:28s} {where}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Libraries (open_clip logs through the root logger) speak at WARNING; the harness at INFO.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("harness").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("training").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    commands = {"ls": _cmd_ls, "validate": _cmd_validate, "eval": _cmd_eval, "eval-all": _cmd_eval,
+                "table": _cmd_table, "make-demo-data": _cmd_make_demo_data}
+    try:
+        return commands[args.command](args)
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished results are kept; rerun the same command to resume", file=sys.stderr)
+        return 130

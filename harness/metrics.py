@@ -1,0 +1,91 @@
+"""Metrics with the ELEVATER toolkit's semantics, computed by vision-evaluation's evaluators as the toolkit does.
+
+Inputs are the softmax probabilities (N, C) the zero-shot engine produces (the toolkit applies softmax even for the
+multilabel VOC set) and labels: (N,) class indices, or (N, C) 0/1 for multilabel. Values are fractions in [0, 1].
+
+Semantics worth knowing (kept on purpose, they are what published ELEVATER numbers mean):
+- ``mean-per-class`` is vision-evaluation's BalancedAccuracyScoreEvaluator: classes with no test image are dropped
+  *before* the argmax, so a prediction can only go to a class that occurs in the labels.
+- ``11point_mAP`` is MeanAveragePrecisionNPointsEvaluator(11): interpolated precision at recall 1.0, 0.9, ..., 0.0,
+  where precision at recall 0 counts as 1 (sklearn's curve ends at (recall 0, precision 1)); classes with no
+  positives are dropped. It is therefore not the classic VOC07 number.
+- ``roc_auc`` on 2 classes scores column 1 (the positive class), as the toolkit's metric.py does.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# metric id -> human label
+METRIC_LABELS = {
+    "accuracy": "Top-1 accuracy",
+    "accuracy_top5": "Top-5 accuracy",
+    "mean-per-class": "Mean per-class accuracy",
+    "11point_mAP": "11-point mAP",
+    "roc_auc": "ROC AUC",
+}
+
+
+def _check(probs: np.ndarray, labels: np.ndarray, multilabel: bool) -> None:
+    if probs.ndim != 2:
+        raise ValueError(f"probabilities must be (N, C), got shape {probs.shape}")
+    if len(probs) != len(labels):
+        raise ValueError(f"{len(probs)} predictions but {len(labels)} labels")
+    if multilabel and labels.shape != probs.shape:
+        raise ValueError(f"multilabel labels must be (N, C) = {probs.shape}, got {labels.shape}")
+    if not multilabel and labels.ndim != 1:
+        raise ValueError(f"multiclass labels must be (N,), got {labels.shape}")
+
+
+def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
+    from vision_evaluation.evaluators import TopKAccuracyEvaluator
+
+    _check(probs, labels, False)
+    evaluator = TopKAccuracyEvaluator(k)
+    evaluator.add_predictions(np.asarray(probs), np.asarray(labels))
+    return float(evaluator.get_report()[f"accuracy_top{k}"])
+
+
+def mean_per_class(probs: np.ndarray, labels: np.ndarray) -> float:
+    from vision_evaluation.evaluators import BalancedAccuracyScoreEvaluator
+
+    _check(probs, labels, False)
+    evaluator = BalancedAccuracyScoreEvaluator()
+    evaluator.add_predictions(np.asarray(probs), np.asarray(labels))
+    return float(evaluator.get_report()["balanced_accuracy"])
+
+
+def map_11_points(probs: np.ndarray, labels: np.ndarray) -> float:
+    from vision_evaluation.evaluators import MeanAveragePrecisionNPointsEvaluator
+
+    _check(probs, labels, True)
+    evaluator = MeanAveragePrecisionNPointsEvaluator(11)
+    evaluator.add_predictions(np.asarray(probs), np.asarray(labels).astype(int))
+    return float(evaluator.get_report()["mAP_11_points"])
+
+
+def roc_auc(probs: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    _check(probs, labels, False)
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    return float(roc_auc_score(labels, probs, multi_class="ovr"))
+
+
+def compute(metric_ids: list[str], probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Compute each metric id (see METRIC_LABELS) on the same predictions."""
+    out: dict[str, float] = {}
+    for mid in metric_ids:
+        if mid == "accuracy":
+            out[mid] = topk_accuracy(probs, labels, 1)
+        elif mid == "accuracy_top5":
+            out[mid] = topk_accuracy(probs, labels, min(5, probs.shape[1]))
+        elif mid == "mean-per-class":
+            out[mid] = mean_per_class(probs, labels)
+        elif mid == "11point_mAP":
+            out[mid] = map_11_points(probs, labels)
+        elif mid == "roc_auc":
+            out[mid] = roc_auc(probs, labels)
+        else:
+            raise ValueError(f"unknown metric '{mid}'; known: {', '.join(METRIC_LABELS)}")
+    return out

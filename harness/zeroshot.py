@@ -1,0 +1,139 @@
+"""The zero-shot engine: one code path for `harness eval`, both protocols, the cross-check and training's eval.
+
+classifier = for each class, encode every template, L2-normalise, average, renormalise (open_clip's
+``build_zero_shot_classifier`` does exactly this; we call it rather than keep a second copy);
+logits = 100 * cos(image, class); probabilities = softmax(logits) — as the ELEVATER toolkit and OpenCLIP do.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from harness import paths
+from harness.atomic import write_torch
+from harness.cards import content_hash
+
+logger = logging.getLogger(__name__)
+
+LOGIT_SCALE = 100.0
+PRECISIONS = ("fp32", "amp", "amp_bf16", "fp16", "bf16")
+
+
+def autocast(device: str, precision: str):
+    """Autocast context for the amp precisions (fp16 on GPU, bf16 on CPU for 'amp'); a no-op otherwise."""
+    import torch
+
+    device_type = "cuda" if str(device).startswith("cuda") else "cpu"
+    if precision == "amp":
+        dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
+        return torch.autocast(device_type=device_type, dtype=dtype)
+    if precision == "amp_bf16":
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def input_dtype(precision: str):
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+
+def build_classifier(model: Any, tokenizer: Any, classnames: Sequence[str], templates: Sequence[str],
+                     device: str = "cpu", precision: str = "fp32", progress: bool = False):
+    """Zero-shot classifier weights (D, C), float32, unit columns."""
+    import torch
+    from open_clip import build_zero_shot_classifier
+
+    with torch.inference_mode(), autocast(device, precision):
+        weights = build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates),
+                                             num_classes_per_batch=10, device=device, use_tqdm=progress)
+    weights = weights.float()
+    return weights / weights.norm(dim=0, keepdim=True)
+
+
+def classifier_cache_key(weights_sha256: str, architecture: str, quick_gelu: bool, classnames: Sequence[str],
+                         templates: Sequence[str], precision: str) -> str:
+    import open_clip
+
+    return content_hash({
+        "weights": weights_sha256, "arch": architecture, "quick_gelu": quick_gelu, "classnames": list(classnames),
+        "templates": list(templates), "precision": precision, "open_clip": open_clip.__version__,
+        "builder": "open_clip.build_zero_shot_classifier/v1",
+    })
+
+
+def cached_classifier(loaded: Any, classnames: Sequence[str], templates: Sequence[str], use_cache: bool = True,
+                      refresh: bool = False, progress: bool = False, cache_root: Path | None = None):
+    """Classifier for a LoadedModel, cached on disk under a content hash of everything that changes it.
+
+    Returns (weights, cache key, whether it came from the cache).
+    """
+    import torch
+
+    card = loaded.card
+    key = classifier_cache_key(loaded.weights_identity["sha256"], card.architecture, card.preprocess.quick_gelu,
+                               classnames, templates, loaded.precision)
+    path = (cache_root or paths.cache_dir()) / "classifiers" / f"{key}.pt"
+    if use_cache and not refresh and path.is_file():
+        try:
+            weights = torch.load(path, map_location="cpu", weights_only=True)
+            if weights.shape[1] == len(classnames):
+                return weights.to(loaded.device), key, True
+        except Exception as exc:  # a corrupt cache entry is recomputed, never trusted
+            logger.warning("ignoring unreadable classifier cache %s (%s)", path, exc)
+    weights = build_classifier(loaded.model, loaded.tokenizer, classnames, templates, loaded.device,
+                               loaded.precision, progress)
+    if use_cache:
+        write_torch(path, weights.cpu())
+    return weights, key, False
+
+
+@dataclass
+class Predictions:
+    probs: np.ndarray  # (N, C) float32 softmax probabilities, in dataset order
+    seconds: float
+    n_images: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def predict(model: Any, classifier: Any, batches: Iterable, n_images: int, device: str = "cpu",
+            precision: str = "fp32", progress: Any = None) -> Predictions:
+    """Run images through the image tower and the classifier. ``batches`` yields (images, indices)."""
+    import torch
+
+    probs = np.zeros((n_images, classifier.shape[1]), dtype=np.float32)
+    seen = np.zeros(n_images, dtype=bool)
+    dtype = input_dtype(precision)
+    start = time.perf_counter()
+    with torch.inference_mode(), autocast(device, precision):
+        for images, indices in batches:
+            images = images.to(device=device, dtype=dtype, non_blocking=True)
+            features = model.encode_image(images, normalize=True).float()
+            logits = LOGIT_SCALE * features @ classifier
+            idx = indices.numpy() if hasattr(indices, "numpy") else np.asarray(indices)
+            probs[idx] = logits.softmax(dim=-1).cpu().numpy()
+            seen[idx] = True
+            if progress is not None:
+                progress.update(len(idx))
+    seconds = time.perf_counter() - start
+    if not seen.all():
+        raise RuntimeError(f"{int((~seen).sum())} images were never scored")
+    return Predictions(probs=probs, seconds=seconds, n_images=n_images)
+
+
+def make_loader(dataset: Any, batch_size: int, workers: int, device: str = "cpu"):
+    """A sequential DataLoader; workers decode and preprocess while the main process runs the model."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=str(device).startswith("cuda"), drop_last=False,
+                      persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
