@@ -34,11 +34,16 @@ def _check(probs: np.ndarray, labels: np.ndarray, multilabel: bool) -> None:
         raise ValueError(f"multilabel labels must be (N, C) = {probs.shape}, got {labels.shape}")
     if not multilabel and labels.ndim != 1:
         raise ValueError(f"multiclass labels must be (N,), got {labels.shape}")
+    if not multilabel and len(labels) and (labels.min() < 0 or labels.max() >= probs.shape[1]):
+        raise ValueError(f"labels must lie in 0..{probs.shape[1] - 1}, found {labels.min()}..{labels.max()}")
+    if not multilabel and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"multiclass labels must be integers, got dtype {labels.dtype}")
 
 
 def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
     from vision_evaluation.evaluators import TopKAccuracyEvaluator
 
+    probs, labels = np.asarray(probs), np.asarray(labels)
     _check(probs, labels, False)
     evaluator = TopKAccuracyEvaluator(k)
     evaluator.add_predictions(np.asarray(probs), np.asarray(labels))
@@ -48,6 +53,7 @@ def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
 def mean_per_class(probs: np.ndarray, labels: np.ndarray) -> float:
     from vision_evaluation.evaluators import BalancedAccuracyScoreEvaluator
 
+    probs, labels = np.asarray(probs), np.asarray(labels)
     _check(probs, labels, False)
     evaluator = BalancedAccuracyScoreEvaluator()
     evaluator.add_predictions(np.asarray(probs), np.asarray(labels))
@@ -57,6 +63,7 @@ def mean_per_class(probs: np.ndarray, labels: np.ndarray) -> float:
 def map_11_points(probs: np.ndarray, labels: np.ndarray) -> float:
     from vision_evaluation.evaluators import MeanAveragePrecisionNPointsEvaluator
 
+    probs, labels = np.asarray(probs), np.asarray(labels)
     _check(probs, labels, True)
     evaluator = MeanAveragePrecisionNPointsEvaluator(11)
     evaluator.add_predictions(np.asarray(probs), np.asarray(labels).astype(int))
@@ -66,6 +73,7 @@ def map_11_points(probs: np.ndarray, labels: np.ndarray) -> float:
 def roc_auc(probs: np.ndarray, labels: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
+    probs, labels = np.asarray(probs), np.asarray(labels)
     _check(probs, labels, False)
     if probs.shape[1] == 2:
         return float(roc_auc_score(labels, probs[:, 1]))

@@ -64,7 +64,7 @@ def elevater_metrics(card: DatasetCard) -> list[str]:
     """The card's own metric first, then the extras we record alongside it."""
     if card.multilabel:
         return [card.metric]
-    extra = ["accuracy", "accuracy_top5"]
+    extra = ["accuracy", "accuracy_top5"] if card.num_classes > 5 else ["accuracy"]  # top-5 of <= 5 is always 1
     return [card.metric] + [m for m in extra if m != card.metric]
 
 
@@ -93,7 +93,7 @@ def make_protocol(name: str, model_card: ModelCard, dataset_card: DatasetCard, p
         else:
             classnames, templates = dataset_card.classnames, dataset_card.templates
             source = f"dataset card {dataset_card.name} (OpenCLIP ships text for ImageNet only)"
-        metrics = ["accuracy", "accuracy_top5"] if dataset_card.num_classes >= 5 else ["accuracy"]
+        metrics = ["accuracy", "accuracy_top5"] if dataset_card.num_classes > 5 else ["accuracy"]
         return ProtocolSpec(
             name=name, classnames=classnames, templates=templates, text_source=source,
             transform=preprocess_val, transform_desc=_describe_openclip_transform(preprocess_val),

@@ -114,6 +114,16 @@ def _run_identity(model_card: ModelCard, options: EvalOptions) -> str:
     return content_hash({"model_card": model_card.card_hash, "weights_override": options.weights})
 
 
+def _remove_stale_temp_files(folder: Path) -> None:
+    """Temp files left by a run killed mid-write (atomic writes never expose them as results)."""
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+        try:
+            tmp.unlink()
+            logger.debug("removed leftover temp file %s", tmp)
+        except OSError:
+            pass
+
+
 def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, data_root: str | Path,
              options: EvalOptions | None = None, loaded: Any = None) -> RunSummary:
     """Evaluate one model card on datasets (all dataset cards when None)."""
@@ -124,6 +134,7 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
     results_root = Path(options.results_root or paths.results_dir())
     summary = RunSummary(model=model_card.name, protocol=options.protocol)
     run_id = _run_identity(model_card, options)
+    _remove_stale_temp_files(results_root / model_card.name / options.protocol)
 
     todo: list[DatasetCard] = []
     for dcard in dataset_cards:

@@ -1,0 +1,171 @@
+"""Cards: every card validates, dataset cards equal ELEVATER's definitions exactly, strictness and errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import cards
+from harness.errors import HarnessError
+
+from conftest import REPO, SHARED_REFERENCE
+
+ELEVATER_20 = ["caltech-101", "cifar-10", "cifar-100", "country211", "dtd", "eurosat_clip", "fer-2013",
+               "fgvc-aircraft-2013b-variants102", "oxford-flower-102", "food-101", "gtsrb", "hateful-memes",
+               "kitti-distance", "mnist", "oxford-iiit-pets", "patch-camelyon", "rendered-sst2", "resisc45_clip",
+               "stanford-cars", "voc-2007-classification"]
+TOOLKIT_MODEL_YAML_NAMES = ["react_vitb32_CLIP", "react_vitb16_CLIP", "react_vitl14_CLIP", "react_vitG14_OpenCLIP",
+                            "vitb32_CLIP", "vitb16_CLIP"]
+
+
+def test_all_cards_validate():
+    ok, errors = cards.validate_all()
+    assert errors == []
+    assert len([x for x in ok if x.startswith("dataset ")]) == 21
+    assert len([x for x in ok if x.startswith("model ")]) >= 20
+
+
+def test_dataset_registry_is_imagenet_plus_the_20_elevater_sets():
+    assert sorted(cards.dataset_card_names()) == sorted(ELEVATER_20 + ["imagenet-1k"])
+
+
+def test_model_registry_has_baselines_and_all_13_react_checkpoints():
+    models = {c.name: c for c in cards.all_model_cards()}
+    for name in TOOLKIT_MODEL_YAML_NAMES:
+        assert name in models
+    react = [c for c in models.values() if c.method != "baseline"]
+    assert len(react) == 13
+    released = json.loads((SHARED_REFERENCE / "react.json").read_text())["released_checkpoints"]["entries"] \
+        if SHARED_REFERENCE.is_dir() else None
+    if released is not None:
+        by_file = {c.weights.file: c for c in react}
+        assert sorted(by_file) == sorted(e["file"] for e in released)
+        for e in released:
+            card = by_file[e["file"]]
+            assert card.method == e["method"]
+            assert card.architecture.replace("react_", "") == e["model"].replace("react_", "")
+            assert card.is_react_arch == e["model"].startswith("react_")
+            assert card.preprocess.quick_gelu == bool(e.get("quick_gelu", False)), card.name
+            if e.get("mean_std") == 0.5:
+                assert card.preprocess.mean == (0.5, 0.5, 0.5) and card.preprocess.std == (0.5, 0.5, 0.5)
+    # every REACT card names its baseline card and carries a published ImageNet number
+    for c in react:
+        assert models[c.base_model].method == "baseline"
+        assert "imagenet-1k" in c.published
+    assert models["react_vitb32_CLIP"].published["imagenet-1k"] == 68.6
+    assert models["react_vitb32_CLIP"].elevater.TEST_MODEL_FILE == \
+        "hf:react-vl/react-in1k:clip-vit-base-32-gated-image.pt"
+
+
+@pytest.mark.skipif(not SHARED_REFERENCE.is_dir(), reason="shared/reference not beside this checkout")
+def test_dataset_cards_transcribe_elevater_exactly():
+    ref = json.loads((SHARED_REFERENCE / "elevater_datasets.json").read_text(encoding="utf-8"))["datasets"]
+    by_name = {c.name: c for c in cards.all_dataset_cards()}
+    assert len(ref) == 21
+    for entry in ref.values():
+        card = by_name[entry["dataset_name"]]
+        names = entry["classnames"]
+        if any(isinstance(n, list) for n in names):  # FER: synonym lists, first entry prompts
+            assert [list(s) for s in card.class_synonyms] == names
+            assert list(card.classnames) == [n[0] for n in names]
+        else:
+            assert list(card.classnames) == names  # exact, duplicates and odd spacing included
+        assert list(card.templates) == entry["templates"]
+        assert card.metric == entry["metric"]
+        assert card.multilabel == (entry["type"] == "classification_multilabel")
+        assert card.format == entry["format"]
+        assert card.root_folder == entry["root_folder"]
+        assert card.elevater.CENTER_CROP == entry["center_crop"]
+        assert card.elevater.NUM_CLASSES == entry["num_classes_yaml"]
+        assert card.labelmap == entry["labelmap_file"]
+        for split, s in entry["splits"].items():
+            assert card.splits[split].index == s["index_path"]
+            assert list(card.splits[split].files) == s["files_for_local_usage"]
+            assert card.splits[split].num_images == s["num_images"]
+
+
+def test_imagenet_keeps_duplicate_class_names():
+    card = cards.get_dataset_card("imagenet-1k")
+    assert card.num_classes == 1000
+    # ELEVATER's list names two classes 'missile' and two 'sunglasses'; they stay as the toolkit has them
+    assert len(set(card.classnames)) == 998
+    assert card.classnames.count("missile") == 2 and card.classnames.count("sunglasses") == 2
+
+
+def test_content_hash_tracks_names_and_templates():
+    card = cards.get_dataset_card("cifar-10")
+    data = cards.card_to_dict(card)
+    data["templates"] = data["templates"][:-1]
+    other = cards.parse_dataset_card(data, "test")
+    assert other.content_hash != card.content_hash
+    data2 = cards.card_to_dict(card)
+    data2["description"] = "changed"
+    same_text = cards.parse_dataset_card(data2, "test")
+    assert same_text.content_hash == card.content_hash and same_text.card_hash != card.card_hash
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_unknown_key_names_key_and_closest_valid_one(tmp_path):
+    data = yaml.safe_load((REPO / "model_cards" / "vitb32_CLIP.yaml").read_text())
+    data["archtecture"] = data.pop("architecture")
+    _write(tmp_path / "vitb32_CLIP.yaml", data)
+    (tmp_path / "_base").symlink_to(REPO / "model_cards" / "_base")
+    with pytest.raises(HarnessError, match=r"unknown key 'archtecture'.*Did you mean 'architecture'"):
+        cards.load_model_card(tmp_path / "vitb32_CLIP.yaml")
+
+
+def test_nested_unknown_key_and_bad_choice(tmp_path):
+    data = cards.card_to_dict(cards.get_dataset_card("mnist"))
+    data["elevater"]["CENTRE_CROP"] = data["elevater"].pop("CENTER_CROP")
+    with pytest.raises(HarnessError, match=r"elevater: unknown key 'CENTRE_CROP'.*'CENTER_CROP'"):
+        cards.parse_dataset_card(data, "mnist.yaml")
+    data = cards.card_to_dict(cards.get_dataset_card("mnist"))
+    data["elevater"]["METRIC"] = "acuracy"
+    with pytest.raises(HarnessError, match=r"'acuracy' is not one of .*Did you mean 'accuracy'"):
+        cards.parse_dataset_card(data, "mnist.yaml")
+
+
+def test_num_classes_and_template_checks():
+    data = cards.card_to_dict(cards.get_dataset_card("mnist"))
+    data["classnames"] = data["classnames"][:-1]
+    with pytest.raises(HarnessError, match="NUM_CLASSES is 10 but there are 9 classnames"):
+        cards.parse_dataset_card(data, "mnist.yaml")
+    data = cards.card_to_dict(cards.get_dataset_card("mnist"))
+    data["templates"] = ["a photo of the number"]
+    with pytest.raises(HarnessError, match="exactly one"):
+        cards.parse_dataset_card(data, "mnist.yaml")
+
+
+def test_include_chain_merges_and_cycles_fail(tmp_path):
+    _write(tmp_path / "a.yaml", {"include": "b.yaml", "name": "a"})
+    _write(tmp_path / "b.yaml", {"include": "a.yaml", "description": "b"})
+    with pytest.raises(HarnessError, match="include cycle"):
+        cards.load_yaml_with_includes(tmp_path / "a.yaml")
+    card = cards.get_model_card("react_vitl14_OpenCLIP_laion2b_gated_image")
+    assert card.preprocess.mean == (0.5, 0.5, 0.5)  # from _base/openclip_laion_l14.yaml over openclip_laion.yaml
+    assert card.preprocess.quick_gelu is False
+    assert card.weights.repo == "react-vl/react-in1k"  # from _base/react_hf.yaml
+
+
+def test_unknown_card_name_suggests_closest():
+    with pytest.raises(HarnessError, match="Did you mean 'react_vitb32_CLIP'"):
+        cards.get_model_card("react_vitb32_clip")
+    with pytest.raises(HarnessError, match="Did you mean 'cifar-10'"):
+        cards.get_dataset_card("cifar10")
+
+
+def test_ls_and_validate_do_not_import_torch():
+    code = ("import sys; from harness.cli import main; rc = main(['ls']); rc2 = main(['validate']); "
+            "assert 'torch' not in sys.modules, 'torch imported'; raise SystemExit(rc or rc2)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "21 dataset cards" in out.stdout
+    assert "0 invalid" in out.stdout

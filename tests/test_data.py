@@ -1,0 +1,126 @@
+"""Data readers: ELEVATER iris/coco layouts (zip@ paths, multilabel), ImageNet ImageFolder, and clear errors."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from harness.cards import card_to_dict, get_dataset_card, parse_dataset_card
+from harness.data import MissingDataError, open_eval_data
+from harness.errors import HarnessError
+from harness.synthetic import class_image, demo_labels, write_coco, write_iris
+
+
+def test_iris_multiclass_reads_labels_and_zip_images(demo_root):
+    card = get_dataset_card("cifar-10")
+    data = open_eval_data(card, demo_root)
+    assert data.layout == "elevater-iris"
+    index = (demo_root / card.root_folder / "test.txt").read_text().split("\n")
+    expected = [int(line.rsplit(" ", 1)[1]) for line in index if line]
+    assert data.labels.tolist() == expected
+    assert index[0].startswith("val.zip@")  # the card's files_for_local_usage, read in place
+    img = data.load_image(0)
+    assert img.mode == "RGB" and img.size == (48, 40)
+
+
+def test_iris_multilabel_reads_comma_separated_labels(demo_root):
+    card = get_dataset_card("voc-2007-classification")
+    data = open_eval_data(card, demo_root)
+    lines = [ln for ln in (demo_root / card.root_folder / "test_ic.txt").read_text().split("\n") if ln]
+    assert any("," in ln.rsplit(" ", 1)[1] for ln in lines)
+    for row, line in zip(data.labels, lines):
+        ids = sorted(int(x) for x in line.rsplit(" ", 1)[1].split(","))
+        assert np.flatnonzero(row).tolist() == ids
+    assert data.labels.shape == (len(lines), 20)
+
+
+def test_coco_reads_categories_in_id_order(demo_root):
+    card = get_dataset_card("hateful-memes")
+    data = open_eval_data(card, demo_root)
+    coco = json.loads((demo_root / card.root_folder / "test_meta.json").read_text())
+    assert data.layout == "elevater-coco"
+    assert data.labels.tolist() == [a["category_id"] - 1 for a in coco["annotations"]]
+    assert data.load_image(1).mode == "RGB"  # PNG inside img.zip
+
+
+def _tiny_imagefolder_card(num_classes=3):
+    data = card_to_dict(get_dataset_card("imagenet-1k"))
+    data.update(name="tiny-imagenet-folder", classnames=[f"class {i}" for i in range(num_classes)])
+    data["elevater"]["NUM_CLASSES"] = None
+    return parse_dataset_card(data, "test card")
+
+
+def test_imagenet_imagefolder_layout(tmp_path):
+    card = _tiny_imagefolder_card()
+    folder = tmp_path / "imagenet" / "val"
+    wnids = ["n01440764", "n01443537", "n01484850"]
+    for c, wnid in enumerate(wnids):
+        (folder / wnid).mkdir(parents=True)
+        for i in range(2):
+            (folder / wnid / f"ILSVRC2012_val_{c}{i}.JPEG").write_bytes(class_image(c, i, 3))
+    data = open_eval_data(card, tmp_path)  # found under imagenet/val
+    assert data.layout == "imagefolder"
+    assert data.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert open_eval_data(card, folder).layout == "imagefolder"  # or given directly (--imagenet-val style)
+    shutil.rmtree(folder / wnids[2])
+    with pytest.raises(HarnessError, match="2 class folders but the card has 3 class names"):
+        open_eval_data(card, folder)
+
+
+def test_missing_root_and_missing_dataset_name_expected_files(tmp_path, demo_root):
+    with pytest.raises(MissingDataError, match="does not exist"):
+        open_eval_data(get_dataset_card("mnist"), tmp_path / "nope")
+    with pytest.raises(MissingDataError) as err:
+        open_eval_data(get_dataset_card("mnist"), tmp_path)
+    msg = str(err.value)
+    assert "classification/mnist_20211008" in msg and "test.txt" in msg and "val.zip" in msg and "labels.txt" in msg
+    with pytest.raises(MissingDataError, match="ImageFolder of synset folders"):
+        open_eval_data(get_dataset_card("imagenet-1k"), tmp_path)
+
+
+def test_incomplete_dataset_names_the_missing_file(tmp_path, demo_root):
+    card = get_dataset_card("cifar-10")
+    shutil.copytree(demo_root / card.root_folder, tmp_path / card.root_folder)
+    (tmp_path / card.root_folder / "val.zip").unlink()
+    with pytest.raises(HarnessError, match="incomplete: missing val.zip") as err:
+        open_eval_data(card, tmp_path)
+    assert not isinstance(err.value, MissingDataError)
+
+
+def test_class_count_mismatch_between_card_and_data(tmp_path):
+    card = get_dataset_card("cifar-10")
+    write_iris(card, tmp_path, demo_labels(card, 1))
+    labels_txt = tmp_path / card.root_folder / "labels.txt"
+    labels_txt.write_text("\n".join(labels_txt.read_text().split("\n")[:9]) + "\n")
+    with pytest.raises(HarnessError, match=r"data has 9 classes .*card has 10 class names"):
+        open_eval_data(card, tmp_path)
+    coco_card = get_dataset_card("kitti-distance")
+    write_coco(coco_card, tmp_path, [0, 1, 2, 3])
+    meta = tmp_path / coco_card.root_folder / "test_meta.json"
+    coco = json.loads(meta.read_text())
+    coco["categories"].append({"id": 99, "name": "extra"})
+    meta.write_text(json.dumps(coco))
+    with pytest.raises(HarnessError, match="data has 5 classes"):
+        open_eval_data(coco_card, tmp_path)
+
+
+def test_label_out_of_range_and_multiclass_with_two_labels(tmp_path):
+    card = get_dataset_card("cifar-10")
+    folder = write_iris(card, tmp_path, [0, 1, 2])
+    index = folder / "test.txt"
+    index.write_text(index.read_text().replace(" 2\n", " 12\n"))
+    with pytest.raises(HarnessError, match="label 12 outside 0..9"):
+        open_eval_data(card, tmp_path)
+    index.write_text(index.read_text().replace(" 12\n", " 1,2\n"))
+    with pytest.raises(HarnessError, match="multiclass but image .* has 2 labels"):
+        open_eval_data(card, tmp_path)
+
+
+def test_unparseable_index_is_a_clear_error(tmp_path):
+    card = get_dataset_card("kitti-distance")
+    folder = write_coco(card, tmp_path, [0, 1])
+    (folder / "test_meta.json").write_text("{not json")
+    with pytest.raises(HarnessError, match="could not parse .*test_meta.json as a coco"):
+        open_eval_data(card, tmp_path)
