@@ -19,9 +19,8 @@ from typing import Any
 from harness import paths
 from harness.atomic import write_json, write_npy
 from harness.cards import DatasetCard, ModelCard, get_dataset_card, get_model_card, dataset_card_names, content_hash
-from harness.data import MissingDataError, TransformedDataset, open_eval_data
+from harness.data import MissingDataError, open_eval_data
 from harness.errors import HarnessError
-from harness.protocols import make_protocol
 from harness.results import SCHEMA_VERSION, elevater_predictions, finished_result, result_paths
 
 logger = logging.getLogger(__name__)
@@ -183,25 +182,14 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
 
 def _evaluate_one(loaded: Any, dcard: DatasetCard, data: Any, options: EvalOptions, results_root: Path,
                   run_id: str) -> dict:
-    from tqdm import tqdm
-
-    from harness import metrics
-    from harness.zeroshot import cached_classifier, make_loader, predict
+    from harness.zeroshot import evaluate_dataset
 
     card = loaded.card
-    spec = make_protocol(options.protocol, card, dcard, loaded.preprocess_val)
-    classifier, cache_key, hit = cached_classifier(loaded, spec.classnames, spec.templates,
-                                                   use_cache=options.use_cache, refresh=options.refresh_cache)
-    logger.info("%s: classifier %s (%s)", dcard.name, cache_key, "cache" if hit else "computed")
     workers = options.resolved_workers()
-    loader = make_loader(TransformedDataset(data, spec.transform), options.batch_size, workers, loaded.device)
-    bar = tqdm(total=len(data), desc=f"{card.name} | {dcard.name}", unit="img", disable=not options.progress,
-               leave=False, dynamic_ncols=True)
-    try:
-        preds = predict(loaded.model, classifier, loader, len(data), loaded.device, loaded.precision, bar)
-    finally:
-        bar.close()
-    values = metrics.compute(spec.metrics, preds.probs, data.labels)
+    outcome = evaluate_dataset(loaded, dcard, data, options.protocol, options.batch_size, workers,
+                               use_cache=options.use_cache, refresh=options.refresh_cache, progress=options.progress)
+    spec, preds, values = outcome.spec, outcome.predictions, outcome.metrics
+    cache_key, hit = outcome.classifier_key, outcome.classifier_from_cache
     p = result_paths(results_root, card.name, options.protocol, dcard.name)
     write_npy(p["probs"], preds.probs)
     files = {"probs": p["probs"].name}

@@ -137,3 +137,40 @@ def make_loader(dataset: Any, batch_size: int, workers: int, device: str = "cpu"
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       pin_memory=str(device).startswith("cuda"), drop_last=False,
                       persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+
+
+@dataclass
+class EvalOutcome:
+    spec: Any  # harness.protocols.ProtocolSpec
+    predictions: Predictions
+    metrics: dict[str, float]
+    classifier_key: str
+    classifier_from_cache: bool
+    workers: int
+
+
+def evaluate_dataset(loaded: Any, dataset_card: Any, data: Any, protocol: str = "elevater", batch_size: int = 64,
+                     workers: int = 2, use_cache: bool = True, refresh: bool = False, progress: bool = False
+                     ) -> EvalOutcome:
+    """Zero-shot evaluation of a LoadedModel on opened data under a protocol: the one path every caller uses
+    (``harness eval``, the cross-check, and the training loop's periodic eval)."""
+    from tqdm import tqdm
+
+    from harness import metrics
+    from harness.data import TransformedDataset
+    from harness.protocols import make_protocol
+
+    spec = make_protocol(protocol, loaded.card, dataset_card, loaded.preprocess_val)
+    classifier, key, hit = cached_classifier(loaded, spec.classnames, spec.templates, use_cache=use_cache,
+                                             refresh=refresh)
+    logger.info("%s: classifier %s (%s)", dataset_card.name, key, "cache" if hit else "computed")
+    loader = make_loader(TransformedDataset(data, spec.transform), batch_size, workers, loaded.device)
+    bar = tqdm(total=len(data), desc=f"{loaded.card.name} | {dataset_card.name}", unit="img",
+               disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        preds = predict(loaded.model, classifier, loader, len(data), loaded.device, loaded.precision, bar)
+    finally:
+        bar.close()
+    values = metrics.compute(spec.metrics, preds.probs, data.labels)
+    return EvalOutcome(spec=spec, predictions=preds, metrics=values, classifier_key=key, classifier_from_cache=hit,
+                       workers=workers)
