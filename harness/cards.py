@@ -25,7 +25,7 @@ DATASET_TYPES = ("multiclass", "multilabel")
 DATA_FORMATS = ("iris", "coco")
 # ELEVATER's TEST.METRIC values (vision_benchmark/evaluation/metric.py get_metric).
 ELEVATER_METRICS = ("accuracy", "mean-per-class", "11point_mAP", "roc_auc")
-METHODS = ("baseline", "locked-text", "gated-image")
+METHODS = ("baseline", "locked-text", "gated-image", "fine-tuned")
 WEIGHT_SOURCES = ("openclip", "hf-hub", "local", "random")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 RESIZE_MODES = ("shortest", "longest", "squash")
@@ -378,8 +378,6 @@ def parse_model_card(data: Mapping[str, Any], where: str, path: Path | None = No
             TEST_MODEL_FILE=_typed(e["TEST_MODEL_FILE"], str, f"{where}: elevater.TEST_MODEL_FILE"),
         )
     method = _choice(data["method"], METHODS, f"{where}: method")
-    if method != "baseline" and not data.get("base_model"):
-        raise HarnessError(f"{where}: method '{method}' needs base_model (the card of the model it was tuned from).")
     return ModelCard(
         name=_typed(data["name"], str, f"{where}: name"),
         description=_typed(data.get("description", ""), str, f"{where}: description"),
@@ -400,7 +398,9 @@ def card_to_dict(card: DatasetCard | ModelCard) -> dict:
     """The card as plain data (what its hash covers); the file path is not part of it."""
     def convert(obj: Any) -> Any:
         if dataclasses.is_dataclass(obj):
-            return {f.name: convert(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name != "path"}
+            top = isinstance(obj, (DatasetCard, ModelCard))  # their `path` is where the file was read from
+            return {f.name: convert(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                    if not (top and f.name == "path")}
         if isinstance(obj, Mapping):
             return {str(k): convert(v) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):

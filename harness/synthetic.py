@@ -137,3 +137,48 @@ def make_demo_suite(data_root: str | Path, images_per_class: int = 4, seed: int 
             folder = write_coco(card, data_root, labels, seed=seed, fmt=fmt)
         made[name] = str(folder)
     return made
+
+
+def write_img2dataset_shards(out: str | Path, classnames: list[str] | tuple[str, ...], n_shards: int = 4,
+                             samples_per_shard: int = 64, seed: int = 1, size: tuple[int, int] = (48, 40),
+                             corrupt_every: int = 0) -> list[Path]:
+    """Image-text shards laid out as img2dataset's webdataset output: ``{00000..N}.tar`` holding ``<key>.jpg``,
+    ``<key>.txt`` and ``<key>.json`` per sample (key = 5-digit shard + 4-digit index), plus ``<shard>_stats.json``.
+
+    Captions name the class ("a photo of a {class}.") of a class-dependent image (:func:`class_image`), so a model
+    can learn the pairing. ``corrupt_every=k`` replaces every k-th image with undecodable bytes (skip tests).
+    """
+    import tarfile
+    import time
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    n = 0
+    for shard in range(n_shards):
+        path = out / f"{shard:05d}.tar"
+        successes = 0
+        with tarfile.open(path, "w") as tar:
+            for i in range(samples_per_shard):
+                key = f"{shard:05d}{i:04d}"
+                label = int(rng.integers(len(classnames)))
+                caption = f"a photo of a {classnames[label]}."
+                n += 1
+                image = class_image(label, 10_000 + n, len(classnames), size=size, seed=seed)
+                if corrupt_every and n % corrupt_every == 0:
+                    image = b"\xff\xd8 this is not a jpeg"
+                meta = {"url": f"https://example.invalid/{key}.jpg", "caption": caption, "key": key,
+                        "status": "success", "error_message": None, "width": size[0], "height": size[1],
+                        "original_width": size[0], "original_height": size[1], "exif": "{}"}
+                for ext, blob in (("jpg", image), ("txt", caption.encode()), ("json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(blob)
+                    info.mtime = int(time.time())
+                    tar.addfile(info, io.BytesIO(blob))
+                successes += 1
+        stats = {"count": samples_per_shard, "successes": successes, "failed_to_download": 0,
+                 "failed_to_resize": 0, "status_dict": {"success": successes}}
+        (out / f"{shard:05d}_stats.json").write_text(json.dumps(stats))
+        paths.append(path)
+    return paths
