@@ -14,7 +14,22 @@ RESULTS ?= ./results
 EVAL_FLAGS ?=
 DEMO_DIR ?= ./demo
 
-.PHONY: install test demo eval eval-all validate ls bench clean-demo
+# Training (REACT README recipes). Paths and GPU count are variables.
+TRAIN_DATA ?= /path/to/imagenet_10m/{00000..00897}.tar
+TRAIN_NUM_SAMPLES ?= 8530639
+IMAGENET_VAL ?= /path/to/imagenet/val/
+NGPUS ?= 8
+BASE_CKPT ?= ./checkpoints/ViT-B-32.pt
+BASE_CARD ?= vitb32_CLIP
+TRAIN_FLAGS ?=
+REACT_AUG := --aug-cfg use_timm=True scale='(0.08,1.0)' ratio='(0.75,1.3333333)' hflip=0.5 interpolation=bicubic \
+	color_jitter=0.4 "auto_augment='rand-m9-mstd0.5-inc1'" re_prob=0.25 re_count=1
+# The tiny CPU variant (tests, demo): NPROC=2 runs it under torchrun with gloo.
+NPROC ?= 1
+TINY_EPOCHS ?= 8
+TINY_LAUNCH := $(if $(filter 1,$(NPROC)),$(PY) -m training.main,$(VENV)/bin/torchrun --nproc_per_node $(NPROC) -m training.main)
+
+.PHONY: install test demo eval eval-all validate ls bench clean-demo base-checkpoint train-gated train-locked train-tiny
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +61,69 @@ demo:  ## offline demo: generate a tiny ELEVATER-format suite, evaluate a tiny m
 
 bench:  ## throughput benchmarks (pytest-benchmark); prints images/s and ratios to the forward-only limit
 	$(PY) -m pytest benchmarks -q -s --benchmark-enable -p no:cacheprovider
+
+base-checkpoint:  ## the README's --resume base: OpenAI ViT-B/32 as a plain state dict at $(BASE_CKPT)
+	$(PY) -m training.export_base --card $(BASE_CARD) --out $(BASE_CKPT)
+
+train-gated:  ## REACT gated-image locked-text tuning (README recipe, 8x V100): make train-gated TRAIN_DATA=... IMAGENET_VAL=... NGPUS=8
+	$(VENV)/bin/torchrun --nproc_per_node $(NGPUS) -m training.main \
+	    --save-frequency 1 \
+	    --zeroshot-frequency 1 \
+	    --name React_gi-clip_b32-lr_5e-4-b_512-grad_ckpt-v100_8-aug_on-p_amp-wds-wk_4 \
+	    --train-data '$(TRAIN_DATA)' \
+	    --dataset-type webdataset \
+	    --train-num-samples $(TRAIN_NUM_SAMPLES) \
+	    --imagenet-val=$(IMAGENET_VAL) \
+	    --warmup 5000 \
+	    --batch-size=512 \
+	    --grad-checkpointing \
+	    --lr=5e-4 \
+	    --wd=0.1 \
+	    --epochs=32 \
+	    --workers=4 \
+	    --model react_ViT-B-32-quickgelu \
+	    --resume $(BASE_CKPT) \
+	    --lock-image-unlock-gated \
+	    --lock-text \
+	    $(REACT_AUG) $(TRAIN_FLAGS)
+
+train-locked:  ## REACT locked-text tuning (README recipe, 8x V100): make train-locked TRAIN_DATA=... IMAGENET_VAL=... NGPUS=8
+	$(VENV)/bin/torchrun --nproc_per_node $(NGPUS) -m training.main \
+	    --save-frequency 1 \
+	    --zeroshot-frequency 1 \
+	    --report-to wandb \
+	    --name React_lt-clip_b32-lr_5e-5-b_512-grad_ckpt-v100_8-aug_on-p_amp-wds-wk_4 \
+	    --train-data '$(TRAIN_DATA)' \
+	    --dataset-type webdataset \
+	    --train-num-samples $(TRAIN_NUM_SAMPLES) \
+	    --imagenet-val=$(IMAGENET_VAL) \
+	    --warmup 5000 \
+	    --batch-size=512 \
+	    --grad-checkpointing \
+	    --lr=5e-5 \
+	    --wd=0.1 \
+	    --epochs=32 \
+	    --workers=4 \
+	    --model ViT-B-32-quickgelu \
+	    --resume $(BASE_CKPT) \
+	    --lock-text \
+	    $(REACT_AUG) $(TRAIN_FLAGS)
+
+train-tiny:  ## the gated-image recipe on a tiny model and generated shards, on CPU (~2 min), then evaluates its card
+	$(PY) -m harness make-demo-data --out $(DEMO_DIR)/data
+	$(PY) -m harness make-demo-shards --out $(DEMO_DIR)/shards --shards 16 --samples-per-shard 256
+	$(PY) -m training.export_base --card tiny_demo_clip --out $(DEMO_DIR)/checkpoints/tiny-base.pt
+	mkdir -p $(DEMO_DIR)/model_cards
+	$(TINY_LAUNCH) \
+	    --save-frequency 2 --zeroshot-frequency 2 \
+	    --name tiny_gated_image --logs $(DEMO_DIR)/logs --resume latest --pretrained $(DEMO_DIR)/checkpoints/tiny-base.pt \
+	    --train-data '$(DEMO_DIR)/shards/{00000..00015}.tar' --dataset-type webdataset --train-num-samples 4096 \
+	    --zeroshot-dataset cifar-10 --zeroshot-data-root $(DEMO_DIR)/data \
+	    --warmup 8 --batch-size=64 --lr=2e-3 --wd=0.1 --epochs=$(TINY_EPOCHS) --workers=2 --precision fp32 \
+	    --model react_tiny-ViT-32px --lock-image-unlock-gated --lock-text \
+	    --model-card-dir $(DEMO_DIR)/model_cards --base-model-card tiny_demo_clip \
+	    $(REACT_AUG) $(TRAIN_FLAGS)
+	$(PY) -m harness eval-all --model $(DEMO_DIR)/model_cards/tiny_gated_image.yaml --data-root $(DEMO_DIR)/data --results $(DEMO_DIR)/results --no-progress
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness {ls,validate,eval,eval-all,table,make-demo-data}``.
+"""Command line: ``python -m harness {ls,validate,eval,eval-all,table,make-demo-data,make-demo-shards}``.
 
 torch is imported only by the commands that run models, so ``ls``, ``validate`` and ``--help`` are instant.
 """
@@ -65,7 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-demo-data", help="generate the tiny offline demo suite in ELEVATER formats")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--images-per-class", type=int, default=4)
+    p = sub.add_parser("make-demo-shards", help="generate tiny img2dataset-style webdataset shards (demo training)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--samples-per-shard", type=int, default=128)
+    p.add_argument("--classes-from", default="cifar-10", help="dataset card whose class names the captions use")
     return parser
+
+
+def _cmd_make_demo_shards(args) -> int:
+    from harness.cards import get_dataset_card
+    from harness.synthetic import write_img2dataset_shards
+
+    names = get_dataset_card(args.classes_from).classnames
+    shards = write_img2dataset_shards(args.out, names, n_shards=args.shards, samples_per_shard=args.samples_per_shard)
+    print(f"wrote {len(shards)} shards x {args.samples_per_shard} samples to {args.out} "
+          f"({{{shards[0].stem}..{shards[-1].stem}}}.tar)")
+    return 0
 
 
 def _cmd_ls(args) -> int:
@@ -162,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("harness").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("training").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     commands = {"ls": _cmd_ls, "validate": _cmd_validate, "eval": _cmd_eval, "eval-all": _cmd_eval,
-                "table": _cmd_table, "make-demo-data": _cmd_make_demo_data}
+                "table": _cmd_table, "make-demo-data": _cmd_make_demo_data,
+                "make-demo-shards": _cmd_make_demo_shards}
     try:
         return commands[args.command](args)
     except HarnessError as exc:

@@ -165,7 +165,7 @@ def _open_vision_dataset(card: DatasetCard, data_root: Path, folder: Path) -> Ev
     vd = VisionDataset(info, manifest)
     layout = f"elevater-{card.format}"
     if spec.num_images and n != spec.num_images:
-        logger.warning("%s: %d images in %s, the card expects %d (a subset or a different version?)",
+        logger.info("%s: %d images in %s, the card expects %d (a subset or a different version?)",
                        card.name, n, folder / spec.index, spec.num_images)
     return EvalData(card=card, layout=layout, location=str(folder), labels=labels,
                     image_ids=[str(img.img_path).replace(str(folder) + "/", "") for img in manifest.images],

@@ -114,11 +114,13 @@ def predict(model: Any, classifier: Any, batches: Iterable, n_images: int, devic
     seen = np.zeros(n_images, dtype=bool)
     dtype = input_dtype(precision)
     start = time.perf_counter()
-    with torch.inference_mode(), autocast(device, precision):
+    with torch.inference_mode():
         for images, indices in batches:
             images = images.to(device=device, dtype=dtype, non_blocking=True)
-            features = model.encode_image(images, normalize=True).float()
-            logits = LOGIT_SCALE * features @ classifier
+            with autocast(device, precision):
+                features = model.encode_image(images, normalize=True)
+            # similarities and softmax in fp32 whatever the tower ran in (bf16 logits would tie)
+            logits = LOGIT_SCALE * features.float() @ classifier.float()
             idx = indices.numpy() if hasattr(indices, "numpy") else np.asarray(indices)
             probs[idx] = logits.softmax(dim=-1).cpu().numpy()
             seen[idx] = True

@@ -34,11 +34,38 @@ def check_aug_cfg(aug_cfg: dict[str, Any] | None) -> None:
                                f"Valid keys: {', '.join(sorted(valid))}.")
 
 
+def _posterize_keeping_zero_bits(img, bits_to_keep, **_):
+    """timm's posterize, defined for bits_to_keep=0 as well.
+
+    timm's 'inc1' RandAugment ops map the top magnitudes to "keep 0 bits" (a black image), which Pillow < 11
+    accepted; Pillow 11+ raises for bits < 1, so every such sample would be dropped. Keeping 0 bits clears every
+    channel value, which we do directly.
+    """
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep < 1:
+        return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _patch_timm_posterize() -> None:
+    import timm.data.auto_augment as aa
+
+    if aa.NAME_TO_OP.get("PosterizeIncreasing") is not _posterize_keeping_zero_bits:
+        for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+            if name in aa.NAME_TO_OP:
+                aa.NAME_TO_OP[name] = _posterize_keeping_zero_bits
+        aa.posterize = _posterize_keeping_zero_bits
+
+
 def timm_train_transform(aug_cfg: dict[str, Any], image_size: int | tuple[int, int], mean, std):
     """timm's training transform with every --aug-cfg key (REACT: scale, ratio, hflip, interpolation,
     color_jitter, auto_augment, re_prob, re_count)."""
     from timm.data import create_transform
 
+    _patch_timm_posterize()
     cfg = {k: v for k, v in aug_cfg.items() if k != "use_timm"}
     size = image_size if isinstance(image_size, (tuple, list)) else (image_size, image_size)
     cfg.setdefault("re_mode", "pixel")

@@ -60,38 +60,17 @@ class TrainData:
     shards: list[str]
 
 
-def _keep_key(sample: tuple) -> tuple:
-    return sample
-
-
-def make_train_data(pattern: str, preprocess: Callable, tokenizer: Callable, batch_size: int, num_samples: int,
-                    workers: int, world_size: int = 1, seed: int = 0, keep_keys: bool = False) -> TrainData:
-    """The webdataset pipeline and its loader; one epoch = ``num_samples`` over all ranks (as OpenCLIP)."""
+def build_pipeline(shards: list[str], preprocess: Callable, tokenizer: Callable, batch_size: int,
+                   skipped: SkipCounter, seed: int = 0, keep_keys: bool = False):
+    """One pass over the shards: shard shuffle, split by node and worker, sample shuffle, decode, batch."""
     import webdataset as wds
-
-    from harness.errors import HarnessError
-
-    shards = expand_urls(pattern)
-    if not shards:
-        raise HarnessError(f"--train-data '{pattern}' names no shards.")
-    import os
-
-    local = [s for s in shards if "://" not in s and not s.startswith("pipe:")]
-    absent = [s for s in local if not os.path.isfile(s)]
-    if absent:
-        raise HarnessError(f"--train-data: {len(absent)} of {len(shards)} shards do not exist, e.g. {absent[0]}. "
-                           f"Download the pairs with img2dataset (see the README) or fix the pattern.")
-    if len(shards) < world_size * max(workers, 1):
-        logger.warning("%d shards for %d ranks x %d workers: some workers get no data (use more shards)",
-                       len(shards), world_size, max(workers, 1))
-    skipped = SkipCounter()
 
     def to_inputs(sample):
         key, image, text = sample
         out = (preprocess(image), tokenizer([text])[0])
         return (key,) + out if keep_keys else out
 
-    pipeline = wds.DataPipeline(
+    return wds.DataPipeline(
         wds.SimpleShardList(shards),
         wds.detshuffle(bufsize=2000, initial=500, seed=seed),  # shard order, new permutation every epoch
         wds.split_by_node,
@@ -103,6 +82,31 @@ def make_train_data(pattern: str, preprocess: Callable, tokenizer: Callable, bat
         wds.map(to_inputs, handler=skipped),
         wds.batched(batch_size, partial=False),
     )
+
+
+def make_train_data(pattern: str, preprocess: Callable, tokenizer: Callable, batch_size: int, num_samples: int,
+                    workers: int, world_size: int = 1, seed: int = 0, keep_keys: bool = False) -> TrainData:
+    """The webdataset pipeline and its loader. As OpenCLIP: one epoch = ``num_samples`` over all ranks, i.e. a fixed
+    number of batches per worker; a worker that runs out of data starts another pass over its shards."""
+    import os
+
+    import webdataset as wds
+
+    from harness.errors import HarnessError
+
+    shards = expand_urls(pattern)
+    if not shards:
+        raise HarnessError(f"--train-data '{pattern}' names no shards.")
+    local = [s for s in shards if "://" not in s and not s.startswith("pipe:")]
+    absent = [s for s in local if not os.path.isfile(s)]
+    if absent:
+        raise HarnessError(f"--train-data: {len(absent)} of {len(shards)} shards do not exist, e.g. {absent[0]}. "
+                           f"Download the pairs with img2dataset (see the README) or fix the pattern.")
+    if len(shards) < world_size * max(workers, 1):
+        logger.warning("%d shards for %d ranks x %d workers: some workers get no data (use more shards)",
+                       len(shards), world_size, max(workers, 1))
+    skipped = SkipCounter()
+    pipeline = build_pipeline(shards, preprocess, tokenizer, batch_size, skipped, seed, keep_keys)
     global_batch = batch_size * world_size
     num_batches = math.ceil(num_samples / global_batch)
     num_workers = max(1, workers)

@@ -127,7 +127,7 @@ def train_one_epoch(model: nn.Module, data: Any, loss_fn: nn.Module, epoch: int,
             scheduler(step)
         if rank_stats is not None:
             keys, images, texts = batch
-            rank_stats.setdefault("keys", []).extend(keys)
+            rank_stats.setdefault("keys_by_epoch", {}).setdefault(str(epoch), []).extend(keys)
         else:
             images, texts = batch
         images = images.to(device=device, non_blocking=True)

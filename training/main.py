@@ -160,72 +160,27 @@ def _load_into(model, state_dict, source: str, allow_missing_gated: bool) -> Non
 # ----------------------------------------------------------------------------------------------------------------------
 # main
 
-def run(args) -> int:
-    import numpy as np
+@dataclasses.dataclass
+class PreparedModel:
+    model: Any
+    preprocess_train: Any
+    preprocess_val: Any
+    is_react: bool
+    start_epoch: int
+    checkpoint: dict | None  # a training checkpoint being resumed (optimizer/scaler state still to load)
+
+
+def prepare_model(args, device) -> PreparedModel:
+    """Create the model, load --pretrained / --resume weights, apply the --lock-* flags and checkpointing."""
     import open_clip
     import torch
-    from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
-    from open_clip_train.logger import setup_logging
-    from open_clip_train.scheduler import const_lr, cosine_lr
 
     from harness.errors import HarnessError
-    from harness.models import LoadedModel, read_state_dict, register_project_configs
+    from harness.models import read_state_dict
     from training import loop
     from training.augment import check_aug_cfg, needs_own_transform, timm_train_transform
-    from training.pretrained import canonical_model_name, register_react_pretrained
     from training.react import gated_parameter_names
 
-    register_project_configs()
-    register_react_pretrained()
-    args.model = canonical_model_name(args.model)
-    for key, (is_set, flag) in UNSUPPORTED.items():
-        if is_set(getattr(args, key, None)):
-            raise HarnessError(f"{flag} is an OpenCLIP trainer feature that training.main does not implement; "
-                               f"drop the flag or use open_clip_train for it.")
-    if args.model not in open_clip.list_models():
-        raise HarnessError(f"--model {args.model} is not an OpenCLIP config (REACT configs: react_ViT-B-32, "
-                           f"react_ViT-B-32-quickgelu, react_ViT-B-16, react_ViT-L-14, react_ViT-bigG-14).")
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-
-    device = init_distributed_device(args)
-
-    if args.name is None:
-        date_str = datetime.now().strftime("%Y_%m_%d-%H_%M_%S")
-        if args.distributed:
-            date_str = broadcast_object(args, date_str)
-        args.name = "-".join([date_str, f"model_{args.model}", f"lr_{args.lr}", f"b_{args.batch_size}",
-                              f"j_{args.workers}", f"p_{args.precision}"])
-    args.save_logs = bool(args.logs) and args.logs.lower() != "none"
-    resume_latest = args.resume == "latest"
-    log_base = Path(args.logs) / args.name
-    args.checkpoint_path = str(log_base / "checkpoints")
-    args.log_path = None
-    if is_master(args):
-        log_base.mkdir(parents=True, exist_ok=True)
-        args.log_path = str(log_base / "out.log")
-        if os.path.exists(args.log_path) and not resume_latest and args.train_data:
-            raise HarnessError(f"Experiment {log_base} already exists. Use another --name, or --resume latest to "
-                               f"continue it.")
-        Path(args.checkpoint_path).mkdir(parents=True, exist_ok=True)
-    setup_logging(args.log_path, logging.DEBUG if args.debug else logging.INFO)
-    for noisy in ("torch", "PIL", "urllib3", "matplotlib"):  # keep out.log about training
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    metrics_path = log_base / "metrics.jsonl"
-
-    if resume_latest:
-        found = latest_checkpoint(Path(args.checkpoint_path)) if is_master(args) else None
-        if args.distributed:
-            found = broadcast_object(args, found)
-        args.resume = str(found) if found else None
-        logger.info("--resume latest: %s", found or f"no checkpoint in {args.checkpoint_path}, starting fresh")
-
-    random.seed(args.seed + args.rank)
-    np.random.seed(args.seed + args.rank)
-    torch.manual_seed(args.seed)  # same initial weights on every rank
-
-    # --- model ---------------------------------------------------------------------------------------------------
     pretrained_path, quick_gelu = _resolve_pretrained(args)
     args.resolved_quick_gelu = quick_gelu
     check_aug_cfg(args.aug_cfg)
@@ -284,6 +239,77 @@ def run(args) -> int:
     if args.react_always_checkpoint_gated:
         logger.info("checkpointing all %d gated blocks (original REACT behaviour)",
                     loop.always_checkpoint_gated_blocks(model))
+
+    return PreparedModel(model, preprocess_train, preprocess_val, is_react, start_epoch, checkpoint)
+
+
+def run(args) -> int:
+    import numpy as np
+    import open_clip
+    import torch
+    from open_clip_train.distributed import broadcast_object, init_distributed_device, is_master
+    from open_clip_train.logger import setup_logging
+    from open_clip_train.scheduler import const_lr, cosine_lr
+
+    from harness.errors import HarnessError
+    from harness.models import LoadedModel, register_project_configs
+    from training import loop
+    from training.pretrained import canonical_model_name, register_react_pretrained
+
+    register_project_configs()
+    register_react_pretrained()
+    args.model = canonical_model_name(args.model)
+    for key, (is_set, flag) in UNSUPPORTED.items():
+        if is_set(getattr(args, key, None)):
+            raise HarnessError(f"{flag} is an OpenCLIP trainer feature that training.main does not implement; "
+                               f"drop the flag or use open_clip_train for it.")
+    if args.model not in open_clip.list_models():
+        raise HarnessError(f"--model {args.model} is not an OpenCLIP config (REACT configs: react_ViT-B-32, "
+                           f"react_ViT-B-32-quickgelu, react_ViT-B-16, react_ViT-L-14, react_ViT-bigG-14).")
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    device = init_distributed_device(args)
+
+    if args.name is None:
+        date_str = datetime.now().strftime("%Y_%m_%d-%H_%M_%S")
+        if args.distributed:
+            date_str = broadcast_object(args, date_str)
+        args.name = "-".join([date_str, f"model_{args.model}", f"lr_{args.lr}", f"b_{args.batch_size}",
+                              f"j_{args.workers}", f"p_{args.precision}"])
+    args.save_logs = bool(args.logs) and args.logs.lower() != "none"
+    resume_latest = args.resume == "latest"
+    log_base = Path(args.logs) / args.name
+    args.checkpoint_path = str(log_base / "checkpoints")
+    args.log_path = None
+    if is_master(args):
+        log_base.mkdir(parents=True, exist_ok=True)
+        args.log_path = str(log_base / "out.log")
+        if os.path.exists(args.log_path) and not resume_latest and args.train_data:
+            raise HarnessError(f"Experiment {log_base} already exists. Use another --name, or --resume latest to "
+                               f"continue it.")
+        Path(args.checkpoint_path).mkdir(parents=True, exist_ok=True)
+    setup_logging(args.log_path, logging.DEBUG if args.debug else logging.INFO)
+    for noisy in ("torch", "PIL", "urllib3", "matplotlib"):  # keep out.log about training
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    metrics_path = log_base / "metrics.jsonl"
+
+    if resume_latest:
+        found = latest_checkpoint(Path(args.checkpoint_path)) if is_master(args) else None
+        if args.distributed:
+            found = broadcast_object(args, found)
+        args.resume = str(found) if found else None
+        logger.info("--resume latest: %s", found or f"no checkpoint in {args.checkpoint_path}, starting fresh")
+
+    random.seed(args.seed + args.rank)
+    np.random.seed(args.seed + args.rank)
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+
+    # --- model ---------------------------------------------------------------------------------------------------
+    prepared = prepare_model(args, device)
+    model, preprocess_train, preprocess_val = prepared.model, prepared.preprocess_train, prepared.preprocess_val
+    start_epoch, checkpoint = prepared.start_epoch, prepared.checkpoint
 
     # --- zero-shot eval data (opened once, rank 0) -----------------------------------------------------------------
     eval_target = None
@@ -458,6 +484,8 @@ def run(args) -> int:
         log_base.mkdir(parents=True, exist_ok=True)
         (log_base / f"rank{args.rank}_stats.json").write_text(json.dumps(rank_stats))
 
+    if last_saved is None and start_epoch >= args.epochs and args.resume:
+        last_saved = Path(args.resume)  # nothing left to train: the card points at the resumed checkpoint
     if is_master(args) and last_saved is not None and (args.model_card_dir or "").lower() != "none":
         from harness import paths
 

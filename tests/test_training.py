@@ -1,0 +1,412 @@
+"""training.main: the REACT README's commands, locking, weights in and out, resume, bad samples, DDP on 2 CPUs."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, SHARED_REFERENCE
+
+# The REACT customization README's commands, verbatim (test_readme_commands_are_verbatim checks it against the
+# seed when shared/reference is beside the checkout).
+README_GATED = r"""torchrun --nproc_per_node 8 -m training.main \
+    --save-frequency 1 \
+    --zeroshot-frequency 1 \
+    --name React_gi-clip_b32-lr_5e-4-b_512-grad_ckpt-v100_8-aug_on-p_amp-wds-wk_4 \
+    --train-data '/path/to/imagenet_10m/{00000..00897}.tar' \
+    --dataset-type webdataset \
+    --train-num-samples 8530639 \
+    --imagenet-val=/path/to/imagenet/val/ \
+    --warmup 5000 \
+    --batch-size=512 \
+    --grad-checkpointing \
+    --lr=5e-4 \
+    --wd=0.1 \
+    --epochs=32 \
+    --workers=4 \
+    --model react_ViT-B-32-quickgelu \
+    --resume ./checkpoints/ViT-B-32.pt \
+    --lock-image-unlock-gated \
+    --lock-text \
+    --aug-cfg \
+      use_timm=True \
+      scale='(0.08,1.0)' \
+      ratio='(0.75,1.3333333)' \
+      hflip=0.5 \
+      interpolation=bicubic \
+      color_jitter=0.4 \
+      "auto_augment='rand-m9-mstd0.5-inc1'" \
+      re_prob=0.25 \
+      re_count=1"""
+README_LOCKED = README_GATED.replace(
+    "    --zeroshot-frequency 1 \\\n", "    --zeroshot-frequency 1 \\\n    --report-to wandb \\\n").replace(
+    "React_gi-clip_b32-lr_5e-4", "React_lt-clip_b32-lr_5e-5").replace("--lr=5e-4", "--lr=5e-5").replace(
+    "--model react_ViT-B-32-quickgelu", "--model ViT-B-32-quickgelu").replace("    --lock-image-unlock-gated \\\n", "")
+README_EVAL = r"""python -m training.main \
+  --zeroshot-frequency 1 \
+  --imagenet-val=/path/to/imagenet/val/ \
+  --batch-size=256 \
+  --workers=16 \
+  --model react_ViT-B-32 \
+  --pretrained react_clip_ret_laion400m"""
+
+
+def _tokens(command: str) -> list[str]:
+    tokens = shlex.split(command.replace("\\\n", " "))
+    return tokens[tokens.index("training.main") + 1:]
+
+
+def _parse(command: str):
+    from training.params import parse_args
+
+    return parse_args(_tokens(command))
+
+
+@pytest.mark.skipif(not SHARED_REFERENCE.is_dir(), reason="shared/reference not beside this checkout")
+def test_readme_commands_are_verbatim():
+    seed = (SHARED_REFERENCE / "000_b4a3d359a226d7f7.txt").read_text(encoding="utf-8")
+    for command in (README_GATED, README_LOCKED, README_EVAL):
+        assert command in seed
+
+
+def test_readme_training_commands_parse_with_every_flag():
+    gated = _parse(README_GATED)
+    assert gated.lock_image_unlock_gated and gated.lock_text and gated.grad_checkpointing
+    assert gated.model == "react_ViT-B-32-quickgelu" and gated.resume == "./checkpoints/ViT-B-32.pt"
+    assert gated.train_data == "/path/to/imagenet_10m/{00000..00897}.tar" and gated.dataset_type == "webdataset"
+    assert (gated.train_num_samples, gated.warmup, gated.batch_size, gated.epochs, gated.workers) == \
+        (8530639, 5000, 512, 32, 4)
+    assert (gated.lr, gated.wd, gated.save_frequency, gated.zeroshot_frequency) == (5e-4, 0.1, 1, 1)
+    assert gated.imagenet_val == "/path/to/imagenet/val/"
+    assert gated.aug_cfg == {"use_timm": True, "scale": (0.08, 1.0), "ratio": (0.75, 1.3333333), "hflip": 0.5,
+                             "interpolation": "bicubic", "color_jitter": 0.4,
+                             "auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "re_count": 1}
+    assert gated.precision == "amp"  # OpenCLIP's default, the "p_amp" of the run name
+    locked = _parse(README_LOCKED)
+    assert locked.lock_text and not locked.lock_image_unlock_gated and locked.report_to == "wandb"
+    assert locked.model == "ViT-B-32-quickgelu" and locked.lr == 5e-5
+    ev = _parse(README_EVAL)
+    assert ev.model == "react_ViT-B-32" and ev.pretrained == "react_clip_ret_laion400m" and ev.train_data is None
+
+
+def test_make_targets_run_the_readme_recipes():
+    for target, readme in (("train-gated", README_GATED), ("train-locked", README_LOCKED)):
+        out = subprocess.run(["make", "-n", target, "TRAIN_DATA=/path/to/imagenet_10m/{00000..00897}.tar",
+                              "IMAGENET_VAL=/path/to/imagenet/val/", "BASE_CKPT=./checkpoints/ViT-B-32.pt"],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout
+        assert "--nproc_per_node 8 -m training.main" in out
+        assert vars(_parse(out)) == vars(_parse(readme))
+
+
+def test_timm_augmentation_takes_the_readme_keys():
+    from torchvision import transforms as T
+
+    from training.augment import timm_train_transform
+
+    t = timm_train_transform(_parse(README_GATED).aug_cfg, (224, 224), (0.5,) * 3, (0.5,) * 3)
+    text = repr(t)
+    assert "RandomResizedCropAndInterpolation" in text and "scale=(0.08, 1.0)" in text
+    assert "RandomHorizontalFlip(p=0.5)" in text and "RandAugment" in text and "RandomErasing" in text
+    assert isinstance(t, T.Compose)
+
+
+def test_readme_randaugment_never_fails_on_current_pillow():
+    """'rand-m9-mstd0.5-inc1' reaches posterize(bits=0), which Pillow 11+ rejects; samples must not be lost."""
+    import numpy as np
+    from PIL import Image
+
+    from training.augment import timm_train_transform
+
+    t = timm_train_transform(_parse(README_GATED).aug_cfg, (32, 32), (0.5,) * 3, (0.5,) * 3)
+    img = Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype("uint8"))
+    torch.manual_seed(0)
+    for _ in range(1500):
+        assert t(img).shape == (3, 32, 32)
+
+
+def test_unknown_aug_cfg_key_is_an_error():
+    from harness.errors import HarnessError
+    from training.augment import check_aug_cfg
+
+    with pytest.raises(HarnessError, match=r"unknown key 'hflp'.*Did you mean 'hflip'"):
+        check_aug_cfg({"use_timm": True, "hflp": 0.5})
+    with pytest.raises(HarnessError, match="need use_timm=True"):
+        check_aug_cfg({"hflip": 0.5})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# model preparation (in process)
+
+def _prepare(argv: list[str]):
+    from harness.models import register_project_configs
+    from training.main import prepare_model
+    from training.params import parse_args
+
+    register_project_configs()
+    args = parse_args(argv)
+    return args, prepare_model(args, torch.device("cpu"))
+
+
+def test_gated_recipe_trains_exactly_gated_params_and_logit_scale():
+    from training.react import gated_parameter_names
+
+    _, prep = _prepare(["--model", "react_tiny-ViT-32px", "--lock-image-unlock-gated", "--lock-text",
+                        "--precision", "fp32"])
+    trainable = [n for n, p in prep.model.named_parameters() if p.requires_grad]
+    assert sorted(trainable) == sorted(gated_parameter_names(prep.model) + ["logit_scale"])
+    assert len(trainable) == 14 + 1
+
+
+def test_gated_recipe_on_react_vit_b32_matches_published_gated_count():
+    """react.json: react_ViT-B-32 has 42,527,244 gated parameters; they (+ logit_scale) are all that trains."""
+    from training.main import prepare_model
+    from training.params import parse_args
+
+    args = parse_args(["--model", "react_ViT-B-32-quickgelu", "--lock-image-unlock-gated", "--lock-text",
+                       "--precision", "fp32"])
+    with torch.device("meta"):
+        prep = prepare_model(args, torch.device("meta"))
+    n = sum(p.numel() for p in prep.model.parameters() if p.requires_grad)
+    assert n == 42527244 + 1
+
+
+def test_locked_text_recipe_trains_image_tower_and_logit_scale():
+    _, prep = _prepare(["--model", "tiny-ViT-32px", "--lock-text", "--precision", "fp32"])
+    trainable = {n for n, p in prep.model.named_parameters() if p.requires_grad}
+    visual = {f"visual.{n}" for n, _ in prep.model.visual.named_parameters()}
+    assert trainable == visual | {"logit_scale"}
+
+
+def test_lock_image_unlock_gated_on_plain_clip_is_a_clear_error():
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="needs a REACT model"):
+        _prepare(["--model", "tiny-ViT-32px", "--lock-image-unlock-gated"])
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory) -> Path:
+    from training.export_base import export_base
+
+    return export_base("tiny_demo_clip", tmp_path_factory.mktemp("base") / "tiny-base.pt")
+
+
+def test_bare_clip_state_dict_initialises_react_model(tiny_base, caplog, tiny_loaded):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="training")
+    _, prep = _prepare(["--model", "react_tiny-ViT-32px", "--resume", str(tiny_base), "--precision", "fp32"])
+    assert prep.start_epoch == 0 and prep.checkpoint is None
+    assert "14 gated keys keep their fresh initialisation" in caplog.text
+    x = torch.randn(2, 3, 32, 32)
+    prep.model.eval()  # both in eval mode: nn.MultiheadAttention's eval fast path differs in the last bits
+    with torch.no_grad():
+        assert torch.equal(prep.model.encode_image(x), tiny_loaded.model.encode_image(x))
+
+
+def test_bare_state_dict_missing_a_non_gated_key_is_an_error(tiny_base, tmp_path):
+    from harness.errors import HarnessError
+
+    sd = torch.load(tiny_base)
+    sd.pop("visual.ln_post.weight")
+    torch.save(sd, tmp_path / "broken.pt")
+    with pytest.raises(HarnessError, match=r"missing keys \(1\):\n    visual.ln_post.weight"):
+        _prepare(["--model", "react_tiny-ViT-32px", "--resume", str(tmp_path / "broken.pt")])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# end-to-end runs (subprocesses, as a user runs them)
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    from harness.cards import get_dataset_card
+    from harness.synthetic import write_img2dataset_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    write_img2dataset_shards(out, get_dataset_card("cifar-10").classnames, n_shards=4, samples_per_shard=96,
+                             corrupt_every=40)
+    return out
+
+
+def _train_cmd(shards: Path, demo_root: Path, logs: Path, name: str, *extra: str, epochs: int = 2,
+               launcher: list[str] | None = None) -> list[str]:
+    launcher = launcher or [sys.executable, "-m", "training.main"]
+    return launcher + [
+        "--train-data", f"{shards}/{{00000..00003}}.tar", "--dataset-type", "webdataset",
+        "--train-num-samples", "256", "--batch-size", "32", "--epochs", str(epochs), "--lr", "2e-3", "--wd", "0.1",
+        "--warmup", "4", "--workers", "2", "--precision", "fp32", "--model", "react_tiny-ViT-32px",
+        "--lock-image-unlock-gated", "--lock-text", "--logs", str(logs), "--name", name, "--save-frequency", "1",
+        "--zeroshot-frequency", "1", "--zeroshot-dataset", "cifar-10", "--zeroshot-data-root", str(demo_root),
+        "--model-card-dir", str(logs / "cards"), "--log-every-n-steps", "1", *extra]
+
+
+def _run(cmd, **kw):
+    (Path(cmd[cmd.index("--logs") + 1]) / "cards").mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _metrics(logs: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (logs / name / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(shards, demo_root, tiny_base, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("logs")
+    _run(_train_cmd(shards, demo_root, logs, "gated", "--pretrained", str(tiny_base), epochs=3))
+    return logs
+
+
+def test_training_run_writes_checkpoints_metrics_and_a_card(trained):
+    ckpts = sorted(p.name for p in (trained / "gated" / "checkpoints").glob("*.pt"))
+    assert ckpts == ["epoch_1.pt", "epoch_2.pt", "epoch_3.pt"]
+    rows = _metrics(trained, "gated")
+    evals = [r for r in rows if "cifar-10-zeroshot-top1" in r]
+    assert [r["epoch"] for r in evals] == [1, 2, 3]
+    epochs = [r for r in rows if "train_loss_mean" in r]
+    assert epochs[-1]["train_loss_mean"] < epochs[0]["train_loss_mean"]
+    card = (trained / "cards" / "gated.yaml").read_text()
+    assert "method: gated-image" in card and "epoch_3.pt" in card
+
+
+def test_bad_samples_are_skipped_and_counted(shards):
+    """One pass over 4 shards x 96 samples with every 40th image corrupt: exactly the 375 good samples come out
+    (each once, as img2dataset keys) and the 9 bad ones are counted."""
+    import open_clip
+
+    from harness.models import register_project_configs
+    from training.data import SkipCounter, build_pipeline, expand_urls
+
+    register_project_configs()
+    skipped = SkipCounter()
+    pipe = build_pipeline(expand_urls(f"{shards}/{{00000..00003}}.tar"), lambda im: im.size,
+                          open_clip.get_tokenizer("tiny-ViT-32px"), 1, skipped, keep_keys=True)
+    keys = [batch[0][0] for batch in pipe]
+    corrupt = {f"{n // 96:05d}{n % 96:04d}" for n in range(384) if (n + 1) % 40 == 0}
+    assert skipped.value == 9 == len(corrupt)
+    assert sorted(keys) == sorted({f"{s:05d}{i:04d}" for s in range(4) for i in range(96)} - corrupt)
+
+
+def test_training_logs_skipped_samples(trained):
+    rows = [r["skipped_samples_total"] for r in _metrics(trained, "gated") if "skipped_samples_total" in r]
+    assert len(rows) == 3 and 0 < rows[0] <= rows[1] <= rows[2] <= 3 * 9
+
+
+def test_checkpoint_and_card_round_trip_bit_exact(trained, demo_root, tmp_path):
+    from harness.cards import load_model_card
+    from harness.models import build_model
+    from harness.runner import EvalOptions, evaluate
+
+    ckpt = torch.load(trained / "gated" / "checkpoints" / "epoch_3.pt", weights_only=False)
+    assert ckpt["epoch"] == 3 and "optimizer" in ckpt
+    card = load_model_card(trained / "cards" / "gated.yaml")
+    loaded = build_model(card)
+    sd = loaded.model.state_dict()
+    assert sorted(sd) == sorted(ckpt["state_dict"])
+    assert all(torch.equal(sd[k], ckpt["state_dict"][k]) for k in sd)
+    assert any(float(ckpt["state_dict"][k]) != 0 for k in sd if k.endswith("alpha_attn"))  # the gates trained
+    summary = evaluate(card, ["cifar-10"], demo_root, EvalOptions(results_root=tmp_path, progress=False))
+    eval_row = [r for r in _metrics(trained, "gated") if r.get("epoch") == 3 and "cifar-10-zeroshot-top1" in r][0]
+    # training's eval used the openclip protocol; the same weights under it through the harness agree exactly
+    oc = evaluate(card, ["cifar-10"], demo_root, EvalOptions(results_root=tmp_path, progress=False,
+                                                             protocol="openclip"))
+    assert oc.done["cifar-10"]["metrics"]["accuracy"] == eval_row["cifar-10-zeroshot-top1"]
+    assert summary.done["cifar-10"]["n_images"] == 30
+
+
+def test_resume_after_interrupted_run_continues_from_saved_epoch(shards, demo_root, tiny_base, tmp_path):
+    logs = tmp_path / "logs"
+    (logs / "cards").mkdir(parents=True)
+    cmd = _train_cmd(shards, demo_root, logs, "resume", "--pretrained", str(tiny_base), "--resume", "latest",
+                     epochs=3)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = logs / "resume" / "checkpoints" / "epoch_1.pt"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and not first.exists() and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    done = sorted(p.name for p in first.parent.glob("epoch_*.pt"))
+    assert "epoch_1.pt" in done and "epoch_3.pt" not in done, done
+    saved = max(int(re.search(r"\d+", n).group()) for n in done)
+    _run(cmd)
+    log = (logs / "resume" / "out.log").read_text()
+    assert f"resuming training checkpoint {first.parent / f'epoch_{saved}.pt'} (completed epoch {saved})" in log
+    rows = [r for r in _metrics(logs, "resume") if "train_loss_mean" in r]
+    after = [r["epoch"] for r in rows][-(3 - saved):]
+    assert after == list(range(saved + 1, 4))  # only the unfinished epochs ran after the restart
+    assert (first.parent / "epoch_3.pt").exists()
+
+
+def test_readme_eval_command_on_an_imagenet_folder(tiny_base, tmp_path):
+    """The README's evaluation command with the model swapped for the tiny one and a 1000-synset ImageFolder."""
+    from harness.synthetic import class_image
+
+    val = tmp_path / "imagenet" / "val"
+    for c in range(1000):
+        (val / f"n{c:08d}").mkdir(parents=True)
+    for c in range(0, 1000, 100):
+        (val / f"n{c:08d}" / f"ILSVRC2012_val_{c:08d}.JPEG").write_bytes(class_image(c, 0, 1000))
+    command = README_EVAL.replace("/path/to/imagenet/val/", str(val)).replace("--workers=16", "--workers=2") \
+        .replace("react_ViT-B-32", "react_tiny-ViT-32px").replace("react_clip_ret_laion400m", str(tiny_base))
+    out = _run([sys.executable, "-m", "training.main", *_tokens(command), "--logs", str(tmp_path / "logs"),
+                "--name", "eval"])
+    row = _metrics(tmp_path / "logs", "eval")[-1]
+    assert row["eval_dataset"] == "imagenet-1k" and "imagenet-zeroshot-val-top1" in row
+    assert "imagenet-zeroshot-val-top5" in row and out.returncode == 0
+
+
+def test_react_pretrained_tag_offline_fails_at_once(tmp_path):
+    start = time.time()
+    out = subprocess.run([sys.executable, "-m", "training.main", *_tokens(README_EVAL), "--logs", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and time.time() - start < 60
+    assert "clip-vit-base-32-gated-image.pt" in out.stderr and "HARNESS_WEIGHTS_REACT_VITB32_CLIP" in out.stderr
+
+
+def test_export_base_offline_fails_clearly(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "training.export_base", "--card", "vitb32_CLIP", "--out",
+                          str(tmp_path / "ViT-B-32.pt")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "cannot be reached" in out.stderr and "--weights" in out.stderr
+    assert not (tmp_path / "ViT-B-32.pt").exists()
+
+
+def test_ddp_two_cpu_processes_gloo(shards, demo_root, tiny_base, tmp_path):
+    """torchrun, 2 processes, gloo: ranks read disjoint samples, end with identical parameters, loss falls."""
+    logs = tmp_path / "logs"
+    launcher = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "training.main"]
+    cmd = _train_cmd(shards, demo_root, logs, "ddp", "--pretrained", str(tiny_base), "--debug-rank-stats",
+                     epochs=4, launcher=launcher)
+    cmd[cmd.index("--batch-size") + 1] = "16"
+    cmd[cmd.index("--workers") + 1] = "1"
+    # torchrun's argparse would take OpenCLIP's --logs as an ambiguous prefix of its --logs-specs: run in a folder
+    # instead and let --logs default to ./logs there.
+    i = cmd.index("--logs")
+    del cmd[i:i + 2]
+    (logs / "cards").mkdir(parents=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    stats = [json.loads((logs / "ddp" / f"rank{r}_stats.json").read_text()) for r in (0, 1)]
+    assert [s["world_size"] for s in stats] == [2, 2]
+    assert sorted(stats[0]["keys_by_epoch"]) == ["0", "1", "2", "3"]
+    for epoch, keys in stats[0]["keys_by_epoch"].items():  # every epoch, the ranks read disjoint shards
+        keys0, keys1 = set(keys), set(stats[1]["keys_by_epoch"][epoch])
+        assert len(keys0) == len(keys1) == 128
+        assert {k[:5] for k in keys0}.isdisjoint({k[:5] for k in keys1})
+    assert stats[0]["param_checksum"] == stats[1]["param_checksum"]  # gradients were averaged identically
+    losses = stats[0]["losses"]
+    n = len(losses) // 4
+    assert sum(losses[-n:]) / n < sum(losses[:n]) / n
