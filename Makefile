@@ -13,6 +13,8 @@ PROTOCOL ?= elevater
 RESULTS ?= ./results
 EVAL_FLAGS ?=
 DEMO_DIR ?= ./demo
+REPORT_NAME ?= latest
+REPORT_FLAGS ?=
 
 # Training (REACT README recipes). Paths and GPU count are variables.
 TRAIN_DATA ?= /path/to/imagenet_10m/{00000..00897}.tar
@@ -29,7 +31,7 @@ NPROC ?= 1
 TINY_EPOCHS ?= 8
 TINY_LAUNCH := $(if $(filter 1,$(NPROC)),$(PY) -m training.main,$(VENV)/bin/torchrun --nproc_per_node $(NPROC) -m training.main)
 
-.PHONY: install test demo eval eval-all validate ls bench clean-demo base-checkpoint train-gated train-locked train-tiny
+.PHONY: install test demo eval eval-all validate ls bench clean-demo report crosscheck base-checkpoint train-gated train-locked train-tiny
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,10 +56,20 @@ eval:  ## one model on one dataset: make eval MODEL=... DATASET=... DATA_ROOT=..
 eval-all:  ## one model on ImageNet-1K + the 20 ELEVATER datasets: make eval-all MODEL=react_vitb32_CLIP DATA_ROOT=...
 	$(PY) -m harness eval-all --model $(MODEL) --data-root $(DATA_ROOT) --protocol $(PROTOCOL) --results $(RESULTS) $(EVAL_FLAGS)
 
-demo:  ## offline demo: generate a tiny ELEVATER-format suite, evaluate a tiny model on all 21 cards, print a table
+demo:  ## offline demo: tiny ELEVATER-format suite, a tiny baseline vs a tiny gated-image model trained here, report
 	$(PY) -m harness make-demo-data --out $(DEMO_DIR)/data
 	$(PY) -m harness eval-all --model tiny_demo_clip --data-root $(DEMO_DIR)/data --results $(DEMO_DIR)/results --no-progress
-	$(PY) -m harness table --results $(DEMO_DIR)/results
+	$(MAKE) --no-print-directory train-tiny
+	$(PY) -m harness crosscheck --model tiny_demo_clip --data-root $(DEMO_DIR)/data --results $(DEMO_DIR)/results --no-progress
+	$(PY) -m harness table --results $(DEMO_DIR)/results --protocol elevater
+	$(PY) -m harness report --name demo --out $(DEMO_DIR)/reports --results $(DEMO_DIR)/results \
+	    --logs $(DEMO_DIR)/logs --model-cards $(DEMO_DIR)/model_cards --title "REACT / ELEVATER demo report (tiny models, generated data)"
+
+report:  ## report of ./results (and ./logs when present): make report [RESULTS=...] [REPORT_NAME=...]
+	$(PY) -m harness report --name $(REPORT_NAME) --results $(RESULTS) $(if $(wildcard ./logs),--logs ./logs,) $(REPORT_FLAGS)
+
+crosscheck:  ## both protocols on the same weights and data: make crosscheck MODEL=... DATA_ROOT=...
+	$(PY) -m harness crosscheck --model $(MODEL) --data-root $(DATA_ROOT) --results $(RESULTS) $(EVAL_FLAGS)
 
 bench:  ## throughput benchmarks (pytest-benchmark); prints images/s and ratios to the forward-only limit
 	$(PY) -m pytest benchmarks -q -s --benchmark-enable -p no:cacheprovider

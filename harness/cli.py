@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness {ls,validate,eval,eval-all,table,make-demo-data,make-demo-shards}``.
+"""Command line: ``python -m harness {ls,validate,eval,eval-all,crosscheck,report,table,make-demo-data,...}``.
 
 torch is imported only by the commands that run models, so ``ls``, ``validate`` and ``--help`` are instant.
 """
@@ -18,8 +18,9 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model card name (see `ls`) or path to a card YAML")
     p.add_argument("--data-root", required=True, type=Path,
                    help="folder holding the datasets in the ELEVATER toolkit's layout (DATASET.ROOT)")
-    p.add_argument("--protocol", choices=("elevater", "openclip"), default="elevater",
-                   help="zero-shot protocol (default: elevater)")
+    if p.prog.split()[-1] != "crosscheck":
+        p.add_argument("--protocol", choices=("elevater", "openclip"), default="elevater",
+                       help="zero-shot protocol (default: elevater)")
     p.add_argument("--weights", help="weights file to use instead of the card's source (also: env "
                                      "HARNESS_WEIGHTS_<CARD>, or a folder in HARNESS_WEIGHTS_DIR)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (toolkit: 64; default 64)")
@@ -57,6 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-all", help="evaluate one model on every dataset card (ImageNet-1K + 20 ELEVATER)")
     _add_eval_flags(p)
     p.add_argument("--datasets", default=None, help="comma-separated subset of dataset cards (default: all)")
+
+    p = sub.add_parser("crosscheck", help="same weights and data under both protocols, with the differences")
+    _add_eval_flags(p)
+    p.add_argument("--datasets", default=None, help="comma-separated dataset cards (default: all found)")
+
+    p = sub.add_parser("report", help="markdown + HTML report with tables and plots from result files")
+    p.add_argument("--name", default="latest", help="report name: written to <out>/<name>/ (default: latest)")
+    p.add_argument("--out", type=Path, default=None, help="reports folder (default: ./reports)")
+    p.add_argument("--results", type=Path, action="append", default=None,
+                   help="results folder (repeatable; default ./results); labelled 'This harness' unless "
+                        "--run-set is used")
+    p.add_argument("--run-set", action="append", default=[], metavar="LABEL=DIR",
+                   help="a labelled results folder, e.g. 'OpenCLIP (Feb 2023 set)=results_feb23' (repeatable)")
+    p.add_argument("--logs", type=Path, action="append", default=[], help="training logs folder (repeatable)")
+    p.add_argument("--model-cards", type=Path, action="append", default=[],
+                   help="extra model card folder, e.g. cards written by training (repeatable)")
+    p.add_argument("--protocol", default="elevater", help="protocol of the main tables (default elevater)")
+    p.add_argument("--title", default="REACT / ELEVATER zero-shot report")
+    p.add_argument("--comparison-dataset", default="imagenet-1k",
+                   help="dataset of the REACT README-style comparison table (default imagenet-1k)")
+    p.add_argument("--report-to", choices=("none", "wandb"), default="none",
+                   help="also log the results table to wandb (offline when unreachable)")
 
     p = sub.add_parser("table", help="print a table of finished results")
     p.add_argument("--results", type=Path, default=None)
@@ -122,7 +145,7 @@ def _options(args):
         raise HarnessError(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.workers is not None and args.workers < 0:
         raise HarnessError(f"--workers must be 0 or more, got {args.workers}.")
-    return EvalOptions(protocol=args.protocol, weights=args.weights, batch_size=args.batch_size,
+    return EvalOptions(protocol=getattr(args, "protocol", "elevater"), weights=args.weights, batch_size=args.batch_size,
                        workers=args.workers, device=args.device, precision=args.precision,
                        use_cache=not args.no_cache, refresh_cache=args.refresh_cache, force=args.force,
                        results_root=args.results, save_predictions=not args.no_predictions_json,
@@ -142,6 +165,40 @@ def _cmd_eval(args) -> int:
         print("\n".join(summary.missing.values()), file=sys.stderr)
         return 2
     return 1 if summary.failed else 0
+
+
+def _cmd_crosscheck(args) -> int:
+    from harness.crosscheck import crosscheck, crosscheck_lines
+
+    names = [n.strip() for n in args.datasets.split(",")] if args.datasets else None
+    opts = _options(args)
+    result = crosscheck(args.model, names, args.data_root, opts)
+    print("\n".join(crosscheck_lines(result)))
+    return 0 if result["datasets"] else 1
+
+
+def _cmd_report(args) -> int:
+    from harness import paths
+    from harness.report import ReportInputs, build, log_to_wandb
+
+    run_sets = []
+    for item in args.run_set:
+        if "=" not in item:
+            raise HarnessError(f"--run-set expects LABEL=DIR, got '{item}'.")
+        label, folder = item.split("=", 1)
+        run_sets.append((label.strip(), Path(folder)))
+    for folder in args.results or ([] if run_sets else [paths.results_dir()]):
+        run_sets.append(("This harness" if len(args.results or [1]) == 1 else str(folder), Path(folder)))
+    inputs = ReportInputs(name=args.name, run_sets=run_sets, logs=list(args.logs),
+                          model_card_dirs=list(args.model_cards), protocol=args.protocol, title=args.title,
+                          comparison_dataset=args.comparison_dataset)
+    folder = build(inputs, args.out or paths.REPO_ROOT / "reports")
+    print(f"report: {folder / 'index.html'}")
+    print(f"        {folder / 'README.md'}")
+    print(f"        {folder / 'results.csv'}")
+    if args.report_to == "wandb":
+        print(f"wandb run: {log_to_wandb(inputs)}")
+    return 0
 
 
 def _cmd_table(args) -> int:
@@ -178,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("harness").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("training").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     commands = {"ls": _cmd_ls, "validate": _cmd_validate, "eval": _cmd_eval, "eval-all": _cmd_eval,
+                "crosscheck": _cmd_crosscheck, "report": _cmd_report,
                 "table": _cmd_table, "make-demo-data": _cmd_make_demo_data,
                 "make-demo-shards": _cmd_make_demo_shards}
     try:
