@@ -67,7 +67,7 @@ def _write_zip(path: Path, entries: dict[str, bytes]) -> None:
 
 def write_iris(card: DatasetCard, data_root: Path, labels: list, seed: int = 0, size=(48, 40)) -> Path:
     """Write the card's eval split in iris format: index lines ``<zip>@<entry> <label[,label]>`` + labels.txt."""
-    folder = data_root / card.root_folder
+    folder = Path(data_root) / card.root_folder
     spec = card.eval_spec
     zip_name = spec.files[0]
     entries: dict[str, bytes] = {}
@@ -89,7 +89,7 @@ def write_iris(card: DatasetCard, data_root: Path, labels: list, seed: int = 0, 
 def write_coco(card: DatasetCard, data_root: Path, labels: list[int], seed: int = 0, size=(48, 40),
                fmt: str = "JPEG") -> Path:
     """Write the card's eval split as a coco classification json whose file names are ``<zip>@<entry>``."""
-    folder = data_root / card.root_folder
+    folder = Path(data_root) / card.root_folder
     spec = card.eval_spec
     zip_name = spec.files[0]
     ext = "png" if fmt == "PNG" else "jpg"

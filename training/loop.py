@@ -160,6 +160,8 @@ def train_one_epoch(model: nn.Module, data: Any, loss_fn: nn.Module, epoch: int,
                    "loss": losses[-1], "lr": optimizer.param_groups[0]["lr"],
                    "logit_scale": float(unwrap(model).logit_scale.exp().item()),
                    "samples_per_second": samples / elapsed if elapsed > 0 else float("nan")}
+            if device.type == "cuda":
+                row["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
             log_metrics(row)
     if rank_stats is not None:
         rank_stats.setdefault("losses", []).extend(losses)

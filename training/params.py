@@ -41,6 +41,26 @@ def _react_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quote_bare_aug_strings(argv: list[str]) -> list[str]:
+    """OpenCLIP's --aug-cfg parser falls back to a plain string only on ValueError, so an unquoted
+    ``auto_augment=rand-m9-mstd0.5-inc1`` (a SyntaxError for ast.literal_eval) crashes it with a traceback. Quote
+    such values, as OpenCLIP intends ("avoid need to escape on command line")."""
+    import ast
+
+    out, in_aug = [], False
+    for token in argv:
+        if token.startswith("--"):
+            in_aug = token == "--aug-cfg"
+        elif in_aug and "=" in token:
+            key, value = token.split("=", 1)
+            try:
+                ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                token = f"{key}={value!r}"
+        out.append(token)
+    return out
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """REACT flags first (parse_known_args), the rest through OpenCLIP's own parser."""
     import sys
@@ -48,7 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     from open_clip_train.params import parse_args as openclip_parse_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    react, rest = _react_parser().parse_known_args(argv)
+    react, rest = _react_parser().parse_known_args(_quote_bare_aug_strings(argv))
     if react.help:
         _react_parser().print_help()
         raise SystemExit(0)
