@@ -98,6 +98,17 @@ def test_readme_training_commands_parse_with_every_flag():
     assert ev.model == "react_ViT-B-32" and ev.pretrained == "react_clip_ret_laion400m" and ev.train_data is None
 
 
+def test_unquoted_aug_cfg_strings_are_accepted():
+    """OpenCLIP's own parser dies with a SyntaxError traceback on auto_augment=rand-m9-mstd0.5-inc1 unquoted."""
+    from training.params import parse_args
+
+    args = parse_args(["--aug-cfg", "use_timm=True", "auto_augment=rand-m9-mstd0.5-inc1", "interpolation=bicubic",
+                       "scale=(0.08,1.0)", "--lr", "1e-3"])
+    assert args.aug_cfg == {"use_timm": True, "auto_augment": "rand-m9-mstd0.5-inc1", "interpolation": "bicubic",
+                            "scale": (0.08, 1.0)}
+    assert args.lr == 1e-3
+
+
 def test_make_targets_run_the_readme_recipes():
     for target, readme in (("train-gated", README_GATED), ("train-locked", README_LOCKED)):
         out = subprocess.run(["make", "-n", target, "TRAIN_DATA=/path/to/imagenet_10m/{00000..00897}.tar",
