@@ -77,48 +77,25 @@ bench:  ## throughput benchmarks (pytest-benchmark); prints images/s and ratios 
 base-checkpoint:  ## the README's --resume base: OpenAI ViT-B/32 as a plain state dict at $(BASE_CKPT)
 	$(PY) -m training.export_base --card $(BASE_CARD) --out $(BASE_CKPT)
 
+# The flags both README recipes share, in the README's order.
+REACT_RECIPE_DATA := --train-data '$(TRAIN_DATA)' --dataset-type webdataset --train-num-samples $(TRAIN_NUM_SAMPLES) \
+	--imagenet-val=$(IMAGENET_VAL) --warmup 5000 --batch-size=512 --grad-checkpointing
+REACT_RECIPE_OPT := --wd=0.1 --epochs=32 --workers=4
+
 train-gated:  ## REACT gated-image locked-text tuning (README recipe, 8x V100): make train-gated TRAIN_DATA=... IMAGENET_VAL=... NGPUS=8
 	$(VENV)/bin/torchrun --nproc_per_node $(NGPUS) -m training.main \
-	    --save-frequency 1 \
-	    --zeroshot-frequency 1 \
+	    --save-frequency 1 --zeroshot-frequency 1 \
 	    --name React_gi-clip_b32-lr_5e-4-b_512-grad_ckpt-v100_8-aug_on-p_amp-wds-wk_4 \
-	    --train-data '$(TRAIN_DATA)' \
-	    --dataset-type webdataset \
-	    --train-num-samples $(TRAIN_NUM_SAMPLES) \
-	    --imagenet-val=$(IMAGENET_VAL) \
-	    --warmup 5000 \
-	    --batch-size=512 \
-	    --grad-checkpointing \
-	    --lr=5e-4 \
-	    --wd=0.1 \
-	    --epochs=32 \
-	    --workers=4 \
-	    --model react_ViT-B-32-quickgelu \
-	    --resume $(BASE_CKPT) \
-	    --lock-image-unlock-gated \
-	    --lock-text \
+	    $(REACT_RECIPE_DATA) --lr=5e-4 $(REACT_RECIPE_OPT) \
+	    --model react_ViT-B-32-quickgelu --resume $(BASE_CKPT) --lock-image-unlock-gated --lock-text \
 	    $(REACT_AUG) $(TRAIN_FLAGS)
 
 train-locked:  ## REACT locked-text tuning (README recipe, 8x V100): make train-locked TRAIN_DATA=... IMAGENET_VAL=... NGPUS=8
 	$(VENV)/bin/torchrun --nproc_per_node $(NGPUS) -m training.main \
-	    --save-frequency 1 \
-	    --zeroshot-frequency 1 \
-	    --report-to wandb \
+	    --save-frequency 1 --zeroshot-frequency 1 --report-to wandb \
 	    --name React_lt-clip_b32-lr_5e-5-b_512-grad_ckpt-v100_8-aug_on-p_amp-wds-wk_4 \
-	    --train-data '$(TRAIN_DATA)' \
-	    --dataset-type webdataset \
-	    --train-num-samples $(TRAIN_NUM_SAMPLES) \
-	    --imagenet-val=$(IMAGENET_VAL) \
-	    --warmup 5000 \
-	    --batch-size=512 \
-	    --grad-checkpointing \
-	    --lr=5e-5 \
-	    --wd=0.1 \
-	    --epochs=32 \
-	    --workers=4 \
-	    --model ViT-B-32-quickgelu \
-	    --resume $(BASE_CKPT) \
-	    --lock-text \
+	    $(REACT_RECIPE_DATA) --lr=5e-5 $(REACT_RECIPE_OPT) \
+	    --model ViT-B-32-quickgelu --resume $(BASE_CKPT) --lock-text \
 	    $(REACT_AUG) $(TRAIN_FLAGS)
 
 train-tiny:  ## the gated-image recipe on a tiny model and generated shards, on CPU (~2 min), then evaluates its card

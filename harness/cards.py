@@ -420,20 +420,20 @@ def _card_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.yaml") if not p.name.startswith("_"))
 
 
-def load_dataset_card(path: Path | str) -> DatasetCard:
+def _load_card(path: Path | str, parse):
     path = Path(path)
-    card = parse_dataset_card(load_yaml_with_includes(path), str(path), path)
+    card = parse(load_yaml_with_includes(path), str(path), path)
     if card.name != path.stem:
         raise HarnessError(f"{path}: card name '{card.name}' must equal the file name '{path.stem}'.")
     return card
+
+
+def load_dataset_card(path: Path | str) -> DatasetCard:
+    return _load_card(path, parse_dataset_card)
 
 
 def load_model_card(path: Path | str) -> ModelCard:
-    path = Path(path)
-    card = parse_model_card(load_yaml_with_includes(path), str(path), path)
-    if card.name != path.stem:
-        raise HarnessError(f"{path}: card name '{card.name}' must equal the file name '{path.stem}'.")
-    return card
+    return _load_card(path, parse_model_card)
 
 
 def dataset_card_names(folder: Path | None = None) -> list[str]:

@@ -173,10 +173,9 @@ def _react_family(cards: dict[str, ModelCard], models: Iterable[str]) -> dict[st
     return {b: sorted(ms, key=lambda m: (METHOD_ORDER.get(cards[m].method, 9), m)) for b, ms in sorted(fams.items())}
 
 
-def per_method_tables(df, datasets, cards: dict[str, ModelCard], protocol: str) -> list[Table]:
-    tables = []
+def _families_with_scores(df, cards: dict[str, ModelCard], protocol: str):
+    """(run set, baseline card, tuned cards, {model: {dataset: score}}) for every base model with results."""
     sub = df[df.protocol == protocol]
-    order = [d.name for d in datasets]
     for run_set in sorted(sub.run_set.unique()):
         part = sub[sub.run_set == run_set]
         for base, tuned in _react_family(cards, part.model.unique()).items():
@@ -184,17 +183,24 @@ def per_method_tables(df, datasets, cards: dict[str, ModelCard], protocol: str) 
                 continue
             scores = {m: dict(zip(part[part.model == m].dataset, part[part.model == m].score))
                       for m in [base] + tuned}
-            cols = [d for d in order if any(d in scores[m] for m in scores)]
-            header = ["method", "model"] + [_short(d) for d in cols]
-            rows = [["Baseline", base] + [_fmt(scores[base].get(d)) for d in cols]]
-            for m in tuned:
-                cells = []
-                for d in cols:
-                    v, b = scores[m].get(d), scores[base].get(d)
-                    cells.append(MISSING if v is None else (f"{v:.2f} ({v - b:+.2f})" if b is not None else f"{v:.2f}"))
-                rows.append([cards[m].method.capitalize(), m] + cells)
-            tables.append(Table(f"Per method — base {base}, {run_set}, {protocol} protocol", header, rows,
-                                note="Gains over the baseline in parentheses (points)."))
+            yield run_set, base, tuned, scores
+
+
+def per_method_tables(df, datasets, cards: dict[str, ModelCard], protocol: str) -> list[Table]:
+    tables = []
+    order = [d.name for d in datasets]
+    for run_set, base, tuned, scores in _families_with_scores(df, cards, protocol):
+        cols = [d for d in order if any(d in scores[m] for m in scores)]
+        header = ["method", "model"] + [_short(d) for d in cols]
+        rows = [["Baseline", base] + [_fmt(scores[base].get(d)) for d in cols]]
+        for m in tuned:
+            cells = []
+            for d in cols:
+                v, b = scores[m].get(d), scores[base].get(d)
+                cells.append(MISSING if v is None else (f"{v:.2f} ({v - b:+.2f})" if b is not None else f"{v:.2f}"))
+            rows.append([cards[m].method.capitalize(), m] + cells)
+        tables.append(Table(f"Per method — base {base}, {run_set}, {protocol} protocol", header, rows,
+                            note="Gains over the baseline in parentheses (points)."))
     return tables
 
 
@@ -293,29 +299,24 @@ def gain_plots(df, cards: dict[str, ModelCard], datasets, protocol: str) -> dict
     import matplotlib.pyplot as plt
 
     out = {}
-    sub = df[df.protocol == protocol]
     order = [d.name for d in datasets]
-    for run_set in sorted(sub.run_set.unique()):
-        part = sub[sub.run_set == run_set]
-        for base, tuned in _react_family(cards, part.model.unique()).items():
-            if base not in set(part.model):
+    for run_set, base, tuned, all_scores in _families_with_scores(df, cards, protocol):
+        base_scores = all_scores[base]
+        for m in tuned:
+            scores = all_scores[m]
+            names = [d for d in order if d in scores and d in base_scores]
+            if not names:
                 continue
-            base_scores = dict(zip(part[part.model == base].dataset, part[part.model == base].score))
-            for m in tuned:
-                scores = dict(zip(part[part.model == m].dataset, part[part.model == m].score))
-                names = [d for d in order if d in scores and d in base_scores]
-                if not names:
-                    continue
-                gains = [scores[d] - base_scores[d] for d in names]
-                fig, ax = plt.subplots(figsize=(max(4.5, 0.45 * len(names) + 2), 3.4))
-                colors = ["#2e7d32" if g >= 0 else "#c62828" for g in gains]
-                ax.bar(range(len(names)), gains, color=colors)
-                ax.axhline(0, color="black", linewidth=0.8)
-                ax.set_xticks(range(len(names)), [_short(n) for n in names], rotation=60, ha="right", fontsize=8)
-                ax.set_ylabel("gain over baseline (points)")
-                ax.set_title(f"{m} vs {base} — {run_set}", fontsize=9)
-                ax.grid(axis="y", alpha=0.3)
-                out[f"gain_{_slug(run_set)}_{m}.png"] = _png(fig)
+            gains = [scores[d] - base_scores[d] for d in names]
+            fig, ax = plt.subplots(figsize=(max(4.5, 0.45 * len(names) + 2), 3.4))
+            colors = ["#2e7d32" if g >= 0 else "#c62828" for g in gains]
+            ax.bar(range(len(names)), gains, color=colors)
+            ax.axhline(0, color="black", linewidth=0.8)
+            ax.set_xticks(range(len(names)), [_short(n) for n in names], rotation=60, ha="right", fontsize=8)
+            ax.set_ylabel("gain over baseline (points)")
+            ax.set_title(f"{m} vs {base} — {run_set}", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+            out[f"gain_{_slug(run_set)}_{m}.png"] = _png(fig)
     return out
 
 
