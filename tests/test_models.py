@@ -111,3 +111,30 @@ def test_unknown_architecture_is_a_clear_error():
     react = dataclasses.replace(get_model_card("tiny_demo_clip"), architecture="react_ViT-Q-99")
     with pytest.raises(HarnessError, match="REACT gated-image architecture"):
         build_model(react)
+
+
+def test_react_card_loads_a_released_layout_checkpoint_strictly(tmp_path, monkeypatch):
+    """A plain fp16 state dict in the released checkpoints' key layout (react.json) loads strictly through the
+    react_vitb32_CLIP card, and the built model holds exactly those weights."""
+    import open_clip
+
+    import training.react  # noqa: F401  (registers react configs)
+    from training.react import gated_parameter_names
+
+    torch.manual_seed(0)
+    source = open_clip.create_model("react_ViT-B-32", force_quick_gelu=True)
+    for name, p in source.named_parameters():  # non-zero gates, as in a trained checkpoint
+        if name.endswith(("alpha_attn", "alpha_dense")):
+            p.data.fill_(0.25)
+    released = {k: v.half() for k, v in source.state_dict().items()}
+    assert len([k for k in released if ".gated_attn_block." in k]) == 6 * 14
+    path = tmp_path / "clip-vit-base-32-gated-image.pt"
+    torch.save(released, path)
+    monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path))
+    loaded = build_model(get_model_card("react_vitb32_CLIP"))
+    sd = loaded.model.state_dict()
+    assert sorted(sd) == sorted(released)
+    assert all(torch.equal(sd[k], released[k].float()) for k in sd)
+    assert len(gated_parameter_names(loaded.model)) == 6 * 14
+    acts = {type(m).__name__ for n, m in loaded.model.visual.named_modules() if n.endswith("gated_attn_block.mlp.gelu")}
+    assert acts == {"QuickGELU"}  # REACT CLIP checkpoints need QuickGELU, gated blocks included
