@@ -59,7 +59,17 @@ class _VisionDatasetLoader:
         self.vd = vision_dataset
 
     def load(self, index: int):
-        image = self.vd._get_single_item(index)[0]
+        import io
+
+        from vision_datasets.common.data_reader import PILImageLoader
+
+        # Read the zip entry whole, then decode from memory: PIL's JPEG parser otherwise makes dozens of small
+        # Python-level zip reads per image (~5% of the decode time). Same reader and EXIF/RGB handling as
+        # VisionDataset._load_image.
+        path = self.vd.dataset_manifest.images[index].img_path
+        with self.vd._file_reader.open(path, "rb") as f:
+            blob = f.read()
+        image = PILImageLoader.load_from_stream(io.BytesIO(blob))
         return image.convert("RGB") if image.mode != "RGB" else image
 
 

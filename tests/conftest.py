@@ -10,22 +10,6 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_REFERENCE = REPO.parent / "shared" / "reference"
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _isolated_environment(tmp_path_factory):
-    """Never touch the user's cache/results, never reach a hub from tests."""
-    cache = tmp_path_factory.mktemp("cache")
-    old = {k: os.environ.get(k) for k in ("HARNESS_CACHE", "HF_HUB_OFFLINE", "HARNESS_WEIGHTS_DIR")}
-    os.environ["HARNESS_CACHE"] = str(cache)
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ.pop("HARNESS_WEIGHTS_DIR", None)
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """The offline demo suite (6 real cards' layouts) generated once per session."""

@@ -17,7 +17,89 @@ register_project_configs()  # tiny-ViT-32px + imports training.react
 
 from training import react  # noqa: E402
 
-REFERENCE = json.loads((Path(__file__).resolve().parents[2] / "shared" / "reference" / "react.json").read_text())
+# Facts from shared/reference/react.json (REACT's configs, gated-block keys, parameter counts), kept here so the suite
+# runs without shared/ beside the checkout; test_reference_facts_match_shared_copy checks them against it.
+REFERENCE = {
+ "react_configs": {
+  "react_ViT-B-32": {
+   "base": "ViT-B-32",
+   "react_cfg": {
+    "enabled": True,
+    "last_k_layers": 6
+   }
+  },
+  "react_ViT-B-32-quickgelu": {
+   "base": "ViT-B-32-quickgelu",
+   "react_cfg": {
+    "enabled": True,
+    "last_k_layers": 6
+   }
+  },
+  "react_ViT-B-16": {
+   "base": "ViT-B-16",
+   "react_cfg": {
+    "enabled": True,
+    "last_k_layers": 6
+   }
+  },
+  "react_ViT-L-14": {
+   "base": "ViT-L-14",
+   "react_cfg": {
+    "enabled": True,
+    "last_k_layers": 6
+   }
+  },
+  "react_ViT-bigG-14": {
+   "base": "ViT-bigG-14",
+   "react_cfg": {
+    "enabled": True,
+    "last_k_layers": 12
+   }
+  }
+ },
+ "gated_block": {
+  "keys_per_block": [
+   "alpha_attn",
+   "alpha_dense",
+   "ln_1.weight",
+   "ln_1.bias",
+   "attn.in_proj_weight",
+   "attn.in_proj_bias",
+   "attn.out_proj.weight",
+   "attn.out_proj.bias",
+   "ln_2.weight",
+   "ln_2.bias",
+   "mlp.c_fc.weight",
+   "mlp.c_fc.bias",
+   "mlp.c_proj.weight",
+   "mlp.c_proj.bias"
+  ],
+  "state_dict_prefix": "visual.transformer.resblocks.{N}.gated_attn_block.",
+  "param_counts": {
+   "react_ViT-B-32": {
+    "total": 193804557,
+    "gated": 42527244
+   },
+   "react_ViT-L-14": {
+    "total": 503193869,
+    "gated": 75577356
+   },
+   "react_ViT-bigG-14": {
+    "total": 2938547737,
+    "gated": 398980632
+   }
+  }
+ }
+}
+SHARED_REACT_JSON = Path(__file__).resolve().parents[2] / "shared" / "reference" / "react.json"
+
+
+@pytest.mark.skipif(not SHARED_REACT_JSON.is_file(), reason="shared/reference not beside this checkout")
+def test_reference_facts_match_shared_copy():
+    shared = json.loads(SHARED_REACT_JSON.read_text())
+    assert REFERENCE["react_configs"] == shared["react_configs"]
+    for key, value in REFERENCE["gated_block"].items():
+        assert shared["gated_block"][key] == value
 TINY, TINY_BASE = "react_tiny-ViT-32px", "tiny-ViT-32px"
 
 
