@@ -111,9 +111,11 @@ def test_unquoted_aug_cfg_strings_are_accepted():
 
 def test_make_targets_run_the_readme_recipes():
     for target, readme in (("train-gated", README_GATED), ("train-locked", README_LOCKED)):
-        out = subprocess.run(["make", "-n", target, "TRAIN_DATA=/path/to/imagenet_10m/{00000..00897}.tar",
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}  # `make test` runs us inside make
+        out = subprocess.run(["make", "--no-print-directory", "-n", target,
+                              "TRAIN_DATA=/path/to/imagenet_10m/{00000..00897}.tar",
                               "IMAGENET_VAL=/path/to/imagenet/val/", "BASE_CKPT=./checkpoints/ViT-B-32.pt"],
-                             cwd=REPO, capture_output=True, text=True, check=True).stdout
+                             cwd=REPO, capture_output=True, text=True, check=True, env=env).stdout
         assert "--nproc_per_node 8 -m training.main" in out
         assert vars(_parse(out)) == vars(_parse(readme))
 
