@@ -213,10 +213,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
       f"cores twice; reference only)")
     if HARNESS in reg and OPENCLIP in reg:
         h, o = reg[HARNESS].images_per_second, reg[OPENCLIP].images_per_second
-        vs_o, vs_c = h / o, h / b["cores"]
-        ok = "met" if (vs_o >= 1.0 and vs_c >= 0.9) else "NOT met"
-        w(f"issue target (harness >= openclip-style loop and >= 0.90 x cores bound): harness/openclip = {vs_o:.3f}, "
-          f"harness/cores bound = {vs_c:.3f} -> {ok} (reported, never asserted)")
+        vs_o, vs_s, vs_c = h / o, h / b["serial"], h / b["cores"]
+
+        def verdict(x: float, target: float) -> str:
+            return "met" if x >= target else "NOT met"
+
+        w(f"targets (reported, never asserted): harness / openclip-style loop = {vs_o:.3f} (>= 1: "
+          f"{verdict(vs_o, 1.0)}); harness / decode-then-forward serial bound = {vs_s:.3f} (>= 0.9: "
+          f"{verdict(vs_s, 0.9)}); harness / 2-core bound = {vs_c:.3f} (stricter reading, >= 0.9: "
+          f"{verdict(vs_c, 0.9)})")
     agree = reg.get("_agreement")
     if agree:
         w(agree)
