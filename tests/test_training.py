@@ -276,7 +276,9 @@ def _metrics(logs: Path, name: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def trained(shards, demo_root, tiny_base, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
-    _run(_train_cmd(shards, demo_root, logs, "gated", "--pretrained", str(tiny_base), epochs=3))
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+    _run(_train_cmd(shards, demo_root, logs, "gated", "--pretrained", str(tiny_base), "--report-to", "wandb",
+                    epochs=3), env=env)
     return logs
 
 
@@ -308,6 +310,12 @@ def test_bad_samples_are_skipped_and_counted(shards):
     corrupt = {f"{n // 96:05d}{n % 96:04d}" for n in range(384) if (n + 1) % 40 == 0}
     assert skipped.value == 9 == len(corrupt)
     assert sorted(keys) == sorted({f"{s:05d}{i:04d}" for s in range(4) for i in range(96)} - corrupt)
+
+
+def test_wandb_offline_run_written_beside_the_logs(trained):
+    pytest.importorskip("wandb")
+    runs = list((trained / "gated" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), list((trained / "gated").rglob("*"))[:20]
 
 
 def test_training_logs_skipped_samples(trained):
