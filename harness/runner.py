@@ -62,6 +62,7 @@ class RunSummary:
     skipped: dict[str, dict] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)  # the protocol cannot score this dataset
 
     def lines(self) -> list[str]:
         out = [f"model {self.model}, protocol {self.protocol}: {len(self.done)} evaluated, "
@@ -70,6 +71,8 @@ class RunSummary:
             out.append(f"  {name:34s} {res['metric']:>15s} {res['score']:7.2f}  ({res['n_images']} images)")
         if self.missing:
             out.append("  missing from the data root: " + ", ".join(sorted(self.missing)))
+        if self.not_applicable:
+            out.append(f"  not scored under the {self.protocol} protocol: " + ", ".join(sorted(self.not_applicable)))
         for name, msg in self.failed.items():
             out.append(f"  FAILED {name}: {msg}")
         return out
@@ -137,6 +140,9 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
 
     todo: list[DatasetCard] = []
     for dcard in dataset_cards:
+        if options.protocol == "openclip" and dcard.multilabel and len(dataset_cards) > 1:
+            summary.not_applicable[dcard.name] = "multilabel: the openclip protocol scores top-1/top-5 only"
+            continue
         prev = None if options.force else finished_result(results_root, model_card.name, options.protocol, dcard.name)
         if prev and prev.get("run_identity") == run_id and prev["dataset"]["card_hash"] == dcard.card_hash:
             summary.skipped[dcard.name] = prev

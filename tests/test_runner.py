@@ -141,3 +141,16 @@ def test_cli_bad_card_name_exits_2_without_traceback(tmp_path):
                          timeout=120)
     assert out.returncode == 2
     assert "Did you mean 'react_vitb32_CLIP'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_openclip_protocol_lists_multilabel_sets_as_not_scored(demo_root, tmp_path):
+    summary = evaluate("tiny_demo_clip", ["cifar-10", "voc-2007-classification"], demo_root,
+                       EvalOptions(results_root=tmp_path, progress=False, workers=0, protocol="openclip"))
+    assert list(summary.done) == ["cifar-10"] and list(summary.not_applicable) == ["voc-2007-classification"]
+    assert not summary.failed
+    assert "not scored under the openclip protocol: voc-2007-classification" in "\n".join(summary.lines())
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="cannot score the multilabel dataset"):
+        evaluate("tiny_demo_clip", ["voc-2007-classification"], demo_root,
+                 EvalOptions(results_root=tmp_path, progress=False, workers=0, protocol="openclip"))
