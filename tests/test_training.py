@@ -431,3 +431,18 @@ def test_ddp_two_cpu_processes_gloo(shards, demo_root, tiny_base, tmp_path):
     losses = stats[0]["losses"]
     n = len(losses) // 4
     assert sum(losses[-n:]) / n < sum(losses[:n]) / n
+
+
+def test_make_train_tiny_trains_writes_a_card_and_evaluates_it(tmp_path):
+    """The Makefile's tiny variant end to end (2 epochs to keep the suite short; the demo runs 8)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    out = subprocess.run(["make", "--no-print-directory", "train-tiny", f"DEMO_DIR={tmp_path}", "TINY_EPOCHS=2"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    card = tmp_path / "model_cards" / "tiny_gated_image.yaml"
+    assert "method: gated-image" in card.read_text() and "base_model: tiny_demo_clip" in card.read_text()
+    results = tmp_path / "results" / "tiny_gated_image" / "elevater"
+    assert sorted(p.name for p in results.glob("*.json") if not p.name.endswith("predictions.json")) == \
+        sorted(f"{d}.json" for d in ("cifar-10", "hateful-memes", "imagenet-1k", "kitti-distance",
+                                     "oxford-iiit-pets", "voc-2007-classification"))
+    assert "6 evaluated" in out.stdout and "15 missing" in out.stdout
