@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="REACT / ELEVATER zero-shot report")
     p.add_argument("--comparison-dataset", default="imagenet-1k",
                    help="dataset of the REACT README-style comparison table (default imagenet-1k)")
+    p.add_argument("--paper-label", default="Paper (published)",
+                   help="header of the comparison table's published-numbers column, e.g. 'Paper (Dec 2021 set)'")
     p.add_argument("--report-to", choices=("none", "wandb"), default="none",
                    help="also log the results table to wandb (offline when unreachable)")
 
@@ -191,7 +193,7 @@ def _cmd_report(args) -> int:
         run_sets.append(("This harness" if len(args.results or [1]) == 1 else str(folder), Path(folder)))
     inputs = ReportInputs(name=args.name, run_sets=run_sets, logs=list(args.logs),
                           model_card_dirs=list(args.model_cards), protocol=args.protocol, title=args.title,
-                          comparison_dataset=args.comparison_dataset)
+                          comparison_dataset=args.comparison_dataset, paper_label=args.paper_label)
     folder = build(inputs, args.out or paths.REPO_ROOT / "reports")
     print(f"report: {folder / 'index.html'}")
     print(f"        {folder / 'README.md'}")

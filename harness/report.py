@@ -47,6 +47,7 @@ class ReportInputs:
     protocol: str = "elevater"
     title: str = "REACT / ELEVATER zero-shot report"
     comparison_dataset: str = "imagenet-1k"  # the dataset of the REACT README-style comparison table
+    paper_label: str = PAPER_LABEL  # header of the published-numbers column, e.g. "Paper (Dec 2021 set)"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -205,7 +206,7 @@ def per_method_tables(df, datasets, cards: dict[str, ModelCard], protocol: str) 
 
 
 def react_comparison_table(df, cards: dict[str, ModelCard], run_labels: list[str], protocol: str,
-                           dataset: str = "imagenet-1k") -> list[Table]:
+                           dataset: str = "imagenet-1k", paper_label: str = PAPER_LABEL) -> list[Table]:
     """The REACT README's table form: rows Baseline / Locked-text / Gated-image, columns = run sets."""
     tables = []
     sub = df[(df.protocol == protocol) & (df.dataset == dataset)]
@@ -222,7 +223,7 @@ def react_comparison_table(df, cards: dict[str, ModelCard], run_labels: list[str
         method_counts: dict[str, int] = {}
         for m in members:
             method_counts[cards[m].method] = method_counts.get(cards[m].method, 0) + 1
-        header = ["", PAPER_LABEL] + run_labels
+        header = ["", paper_label] + run_labels
         rows = []
         for m in members:
             card = cards[m]
@@ -231,7 +232,7 @@ def react_comparison_table(df, cards: dict[str, ModelCard], run_labels: list[str
                 label += f" ({card.retrieval_set})"
             rows.append([label, _fmt(card.published.get(dataset))] + [_fmt(measured.get((r, m))) for r in run_labels])
         tables.append(Table(f"REACT comparison — {base} family, {dataset} zero-shot", header, rows,
-                            note=f"'{PAPER_LABEL}': the number on each model card (published_source); the other "
+                            note=f"'{paper_label}': the number on each model card (published_source); the other "
                                  f"columns are runs of this harness ({protocol} protocol), labelled by run set. "
                                  f"Rows: " + ", ".join(f"{cards[m].method} = {m}" for m in members) + "."))
     return tables
@@ -435,7 +436,7 @@ def build(inputs: ReportInputs, out_root: Path, generated_at: str | None = None)
         ("Results per model", per_model_tables(df, datasets, inputs.protocol)),
         ("Per method: baseline, locked-text, gated-image", per_method_tables(df, datasets, cards, inputs.protocol)),
         ("REACT comparison", react_comparison_table(df, cards, labels, inputs.protocol,
-                                                    inputs.comparison_dataset)),
+                                                    inputs.comparison_dataset, inputs.paper_label)),
         ("Measured vs published", [measured_vs_published_table(df, cards, inputs.protocol)]),
         ("Cross-check: OpenCLIP vs ELEVATER protocol", [crosscheck_table(lbl, cc) for lbl, cc in crosschecks]),
         ("Training", [training_table(runs)] if runs else []),

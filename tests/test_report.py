@@ -115,10 +115,11 @@ def test_react_comparison_and_measured_vs_published(setup):
     base = json.loads((setup["results"] / "tiny_demo_clip" / "elevater" / "cifar-10.json").read_text())["score"]
     assert "REACT comparison — tiny_demo_clip family" not in md  # no ImageNet result: no table, not an empty one
     inputs = dataclasses.replace(setup["inputs"], name="cmp", comparison_dataset="cifar-10",
+                                 paper_label="Paper (Dec 2021 set)",
                                  run_sets=setup["inputs"].run_sets + [("Second run", setup["results"])])
     cmp_md = (build(inputs, setup["root"] / "reports", generated_at="T0") / "README.md").read_text()
     title = "REACT comparison — tiny_demo_clip family, cifar-10 zero-shot"
-    assert _row(cmp_md, title, "") == ["", "Paper (published)", "This harness", "Second run"]
+    assert _row(cmp_md, title, "") == ["", "Paper (Dec 2021 set)", "This harness", "Second run"]
     assert _row(cmp_md, title, "Baseline") == ["Baseline", "—", f"{base:.2f}", f"{base:.2f}"]
     assert _row(cmp_md, title, "Gated-image") == ["Gated-image", "12.50", f"{measured:.2f}", f"{measured:.2f}"]
     measured = json.loads((setup["results"] / "tiny_gated_test" / "elevater" / "cifar-10.json").read_text())["score"]
