@@ -205,9 +205,9 @@ def file_sha256(path: Path) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 # state dicts
 
-def read_state_dict(path: Path) -> dict:
-    """A plain {key: tensor} state dict from a weights file: plain state dicts, open_clip training checkpoints
-    ({'state_dict': ...}, 'module.' prefixes), safetensors, and OpenAI's TorchScript archives."""
+def read_weights_file(path: Path) -> Any:
+    """The object stored in a weights file (safetensors, torch.load with weights_only, or a TorchScript archive's
+    state dict), read once; errors name the file."""
     import torch
 
     path = Path(path)
@@ -215,28 +215,32 @@ def read_state_dict(path: Path) -> dict:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            sd = load_file(str(path))
-        else:
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True)
-            except RuntimeError as exc:
-                if "TorchScript" not in str(exc) and "jit" not in str(exc).lower():
-                    raise
-                sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except HarnessError:
-        raise
+            return load_file(str(path))
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except RuntimeError as exc:
+            if "TorchScript" not in str(exc) and "jit" not in str(exc).lower():
+                raise
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
     except Exception as exc:
         raise HarnessError(f"Could not read weights file {path}: {exc}") from exc
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
+
+
+def state_dict_from(obj: Any, source: str) -> dict:
+    """A plain {key: tensor} state dict from what a weights file held: plain state dicts, open_clip training
+    checkpoints ({'state_dict': ...}, 'module.' prefixes), OpenAI TorchScript state dicts."""
+    sd = obj["state_dict"] if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) else obj
     if not isinstance(sd, dict):
-        raise HarnessError(f"Weights file {path} holds a {type(sd).__name__}, expected a state dict.")
+        raise HarnessError(f"Weights file {source} holds a {type(sd).__name__}, expected a state dict.")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     # OpenAI TorchScript archives carry these non-parameter entries.
-    for extra in ("input_resolution", "context_length", "vocab_size"):
-        sd.pop(extra, None)
-    return sd
+    return {k: v for k, v in sd.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+
+
+def read_state_dict(path: Path) -> dict:
+    """A plain state dict from a weights file (see :func:`state_dict_from`)."""
+    return state_dict_from(read_weights_file(path), str(path))
 
 
 def load_weights_strict(model: Any, state_dict: dict, source: str, allowed_missing: Callable[[str], bool] | None = None

@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from harness.atomic import atomic_write
 from harness.cards import ModelCard, all_dataset_cards, all_model_cards, load_model_card

@@ -53,8 +53,7 @@ def build_classifier(model: Any, tokenizer: Any, classnames: Sequence[str], temp
     with torch.inference_mode(), autocast(device, precision):
         weights = build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates),
                                              num_classes_per_batch=10, device=device, use_tqdm=progress)
-    weights = weights.float()
-    return weights / weights.norm(dim=0, keepdim=True)
+    return weights.float()
 
 
 def classifier_cache_key(weights_sha256: str, architecture: str, quick_gelu: bool, classnames: Sequence[str],

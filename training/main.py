@@ -173,10 +173,9 @@ class PreparedModel:
 def prepare_model(args, device) -> PreparedModel:
     """Create the model, load --pretrained / --resume weights, apply the --lock-* flags and checkpointing."""
     import open_clip
-    import torch
 
     from harness.errors import HarnessError
-    from harness.models import read_state_dict
+    from harness.models import read_state_dict, read_weights_file, state_dict_from
     from training import loop
     from training.augment import check_aug_cfg, needs_own_transform, timm_train_transform
     from training.react import gated_parameter_names
@@ -205,13 +204,14 @@ def prepare_model(args, device) -> PreparedModel:
             raise HarnessError(f"--resume {args.resume}: no such file. To make the README's "
                                f"./checkpoints/ViT-B-32.pt run: python -m training.export_base --card vitb32_CLIP "
                                f"--out ./checkpoints/ViT-B-32.pt")
-        checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
+        checkpoint = read_weights_file(Path(args.resume))  # read once: weights, and optimizer state on resume
+        state_dict = state_dict_from(checkpoint, args.resume)
         if isinstance(checkpoint, dict) and "epoch" in checkpoint and "state_dict" in checkpoint:
             start_epoch = int(checkpoint["epoch"])
-            _load_into(model, read_state_dict(Path(args.resume)), f"--resume {args.resume}", False)
+            _load_into(model, state_dict, f"--resume {args.resume}", False)
             logger.info("resuming training checkpoint %s (completed epoch %d)", args.resume, start_epoch)
         else:
-            _load_into(model, read_state_dict(Path(args.resume)), f"--resume {args.resume}", is_react)
+            _load_into(model, state_dict, f"--resume {args.resume}", is_react)
             logger.info("loaded bare weights %s (epoch 0)", args.resume)
             checkpoint = None
 
