@@ -31,7 +31,7 @@ NPROC ?= 1
 TINY_EPOCHS ?= 8
 TINY_LAUNCH := $(if $(filter 1,$(NPROC)),$(PY) -m training.main,$(VENV)/bin/torchrun --nproc_per_node $(NPROC) -m training.main)
 
-.PHONY: install test demo eval eval-all validate ls bench clean-demo report crosscheck base-checkpoint train-gated train-locked train-tiny
+.PHONY: install test dataset-cards demo eval eval-all validate ls bench clean-demo report crosscheck base-checkpoint train-gated train-locked train-tiny
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ install: $(PY)  ## create .venv and install the project with its dev tools (torc
 
 test:  ## the CPU test suite (tiny models, generated data)
 	$(PY) -m pytest -q
+
+dataset-cards:  ## regenerate harness/dataset_yamls/ from reference/elevater_datasets.json
+	$(PY) scripts/make_dataset_cards.py
 
 validate:  ## check every model and dataset card strictly
 	$(PY) -m harness validate

@@ -9,7 +9,9 @@ import logging
 import sys
 from pathlib import Path
 
+from harness.cards import IMAGENET
 from harness.errors import HarnessError
+from harness.models.precision import PRECISIONS
 
 logger = logging.getLogger("harness")
 
@@ -26,7 +28,7 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (toolkit: 64; default 64)")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: min(8, CPUs))")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--precision", choices=("fp32", "amp", "amp_bf16", "fp16", "bf16"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (toolkit default for REACT), amp (autocast fp16 on GPU / bf16 on CPU), amp_bf16, "
                         "fp16, bf16 (pure half weights)")
     p.add_argument("--results", type=Path, default=None, help="results folder (default: ./results or "
@@ -65,21 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="markdown + HTML report with tables and plots from result files")
     p.add_argument("--name", default="latest", help="report name: written to <out>/<name>/ (default: latest)")
-    p.add_argument("--out", type=Path, default=None, help="reports folder (default: ./reports)")
+    p.add_argument("--out", type=Path, default=None, help="reports folder (default: ./reports or HARNESS_REPORTS)")
     p.add_argument("--results", type=Path, action="append", default=None,
-                   help="results folder (repeatable; default ./results); labelled 'This harness' unless "
-                        "--run-set is used")
+                   help="results folder (repeatable; default ./results or HARNESS_RESULTS); labelled 'This harness' "
+                        "unless --run-set is used")
     p.add_argument("--run-set", action="append", default=[], metavar="LABEL=DIR",
                    help="a labelled results folder, e.g. 'OpenCLIP (Feb 2023 set)=results_feb23' (repeatable)")
     p.add_argument("--logs", type=Path, action="append", default=[], help="training logs folder (repeatable)")
     p.add_argument("--model-cards", type=Path, action="append", default=[],
                    help="extra model card folder, e.g. cards written by training (repeatable)")
-    p.add_argument("--protocol", default="elevater", help="protocol of the main tables (default elevater)")
-    p.add_argument("--title", default="REACT / ELEVATER zero-shot report")
-    p.add_argument("--comparison-dataset", default="imagenet-1k",
-                   help="dataset of the REACT README-style comparison table (default imagenet-1k)")
-    p.add_argument("--paper-label", default="Paper (published)",
-                   help="header of the comparison table's published-numbers column, e.g. 'Paper (Dec 2021 set)'")
+    # Defaults of the flags below are ReportInputs' (None = not given), so they are stated once, in harness.report.
+    p.add_argument("--protocol", default=None, help="protocol of the main tables (default elevater)")
+    p.add_argument("--title", default=None, help="report title (default: 'REACT / ELEVATER zero-shot report')")
+    p.add_argument("--comparison-dataset", default=None,
+                   help=f"dataset of the REACT README-style comparison table (default {IMAGENET})")
+    p.add_argument("--paper-label", default=None,
+                   help="header of the comparison table's published-numbers column (default 'Paper (published)'), "
+                        "e.g. 'Paper (Dec 2021 set)'")
     p.add_argument("--report-to", choices=("none", "wandb"), default="none",
                    help="also log the results table to wandb (offline when unreachable)")
 
@@ -191,10 +195,12 @@ def _cmd_report(args) -> int:
         run_sets.append((label.strip(), Path(folder)))
     for folder in args.results or ([] if run_sets else [paths.results_dir()]):
         run_sets.append(("This harness" if len(args.results or [1]) == 1 else str(folder), Path(folder)))
+    given = {"protocol": args.protocol, "title": args.title, "comparison_dataset": args.comparison_dataset,
+             "paper_label": args.paper_label}
     inputs = ReportInputs(name=args.name, run_sets=run_sets, logs=list(args.logs),
-                          model_card_dirs=list(args.model_cards), protocol=args.protocol, title=args.title,
-                          comparison_dataset=args.comparison_dataset, paper_label=args.paper_label)
-    folder = build(inputs, args.out or paths.REPO_ROOT / "reports")
+                          model_card_dirs=list(args.model_cards),
+                          **{key: value for key, value in given.items() if value is not None})
+    folder = build(inputs, args.out or paths.reports_dir())
     print(f"report: {folder / 'index.html'}")
     print(f"        {folder / 'README.md'}")
     print(f"        {folder / 'results.csv'}")

@@ -52,22 +52,30 @@ class EvalData:
         return self._loader.load(index)
 
 
-class _VisionDatasetLoader:
-    """Picklable image access through a vision-datasets VisionDataset (its zip readers are per process)."""
+class _ManifestImageLoader:
+    """Picklable image access by index over a vision-datasets manifest's image paths (plain files or
+    ``zip@entry``), through vision-datasets' public FileReader and PILImageLoader (the toolkit's reader: EXIF
+    orientation, then RGB). Each process opens its own zip handles."""
 
-    def __init__(self, vision_dataset):
-        self.vd = vision_dataset
+    def __init__(self, image_paths: list[str]):
+        self.image_paths = image_paths
+        self._reader = None
+        self._pid = None
+
+    def __getstate__(self):
+        return {"image_paths": self.image_paths, "_reader": None, "_pid": None}
 
     def load(self, index: int):
         import io
+        import os
 
-        from vision_datasets.common.data_reader import PILImageLoader
+        from vision_datasets.common.data_reader import FileReader, PILImageLoader
 
-        # Read the zip entry whole, then decode from memory: PIL's JPEG parser otherwise makes dozens of small
-        # Python-level zip reads per image (~5% of the decode time). Same reader and EXIF/RGB handling as
-        # VisionDataset._load_image.
-        path = self.vd.dataset_manifest.images[index].img_path
-        with self.vd._file_reader.open(path, "rb") as f:
+        if self._reader is None or self._pid != os.getpid():
+            self._reader, self._pid = FileReader(), os.getpid()
+        # Read the entry whole, then decode from memory: PIL's JPEG parser otherwise makes dozens of small
+        # Python-level zip reads per image (~5% of the decode time).
+        with self._reader.open(self.image_paths[index], "rb") as f:
             blob = f.read()
         image = PILImageLoader.load_from_stream(io.BytesIO(blob))
         return image.convert("RGB") if image.mode != "RGB" else image
@@ -128,7 +136,7 @@ def open_eval_data(card: DatasetCard, data_root: str | Path) -> EvalData:
 
 
 def _open_vision_dataset(card: DatasetCard, data_root: Path, folder: Path) -> EvalData:
-    from vision_datasets import DatasetInfo, Usages, VisionDataset
+    from vision_datasets import DatasetInfo, Usages
     from vision_datasets.common.factory import DataManifestFactory
 
     spec = card.eval_spec
@@ -172,14 +180,13 @@ def _open_vision_dataset(card: DatasetCard, data_root: Path, folder: Path) -> Ev
     absent = [z for z in zips if not Path(z).is_file()]
     if absent:
         raise HarnessError(f"Dataset '{card.name}': the index refers to {absent[0]}, which does not exist.")
-    vd = VisionDataset(info, manifest)
     layout = f"elevater-{card.format}"
     if spec.num_images and n != spec.num_images:
         logger.info("%s: %d images in %s, the card expects %d (a subset or a different version?)",
                        card.name, n, folder / spec.index, spec.num_images)
     return EvalData(card=card, layout=layout, location=str(folder), labels=labels,
                     image_ids=[str(img.img_path).replace(str(folder) + "/", "") for img in manifest.images],
-                    _loader=_VisionDatasetLoader(vd))
+                    _loader=_ManifestImageLoader([str(img.img_path) for img in manifest.images]))
 
 
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".jfif")

@@ -9,7 +9,7 @@ metric. The toolkit always uses bicubic, whatever the checkpoint was trained wit
 ``openclip`` — what open_clip_train's zero-shot ImageNet eval does: the model's own ``preprocess_val`` (built by
 OpenCLIP from the card's preprocessing contract), ``IMAGENET_CLASSNAMES`` + ``OPENAI_IMAGENET_TEMPLATES`` for
 ImageNet-1K (the dataset card's names and templates elsewhere, since OpenCLIP ships text only for ImageNet),
-top-1/top-5 accuracy.
+top-1/top-5 accuracy. Which dataset card OpenCLIP's ImageNet text belongs to is the card's ``openclip_text`` field.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def make_protocol(name: str, model_card: ModelCard, dataset_card: DatasetCard, p
         if dataset_card.multilabel:
             raise HarnessError(f"The openclip protocol measures top-1/top-5 accuracy and cannot score the "
                                f"multilabel dataset '{dataset_card.name}'; use --protocol elevater.")
-        if dataset_card.name == "imagenet-1k":
+        if dataset_card.openclip_text == "imagenet":
             from open_clip import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
             classnames = tuple(IMAGENET_CLASSNAMES)

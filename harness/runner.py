@@ -79,12 +79,15 @@ class RunSummary:
 
 
 def _git_hash() -> str | None:
+    """The commit of the checkout the harness runs from (None for an installed package)."""
+    if paths.SOURCE_ROOT is None:
+        return None
     try:
-        out = subprocess.run(["git", "-C", str(paths.REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
+        out = subprocess.run(["git", "-C", str(paths.SOURCE_ROOT), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5)
         if out.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(paths.REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(paths.SOURCE_ROOT), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.cards import DatasetCard, get_dataset_card
+from harness.errors import HarnessError
 
 DEMO_DATASETS = ("cifar-10", "oxford-iiit-pets", "voc-2007-classification", "hateful-memes", "kitti-distance",
                  "imagenet-1k")
@@ -117,14 +118,19 @@ def demo_labels(card: DatasetCard, images_per_class: int, seed: int = 0) -> list
             extra = [int(x) for x in rng.choice(c, size=rng.integers(0, 2), replace=False) if x != first]
             out.append(sorted({first, *extra}))
         return out
-    if c > 100:  # ImageNet: a few images spread over the classes, not all 1000
-        return [int(x) for x in rng.choice(c, size=4 * images_per_class * 5, replace=False)]
+    if c > 100:  # ImageNet: 20 images per requested image-per-class, spread over the classes, not all 1000
+        n = 20 * images_per_class
+        if n <= c:
+            return [int(x) for x in rng.choice(c, size=n, replace=False)]
+        return [int(x) for x in rng.permutation(np.arange(n) % c)]  # every class, some more than once
     return [i % c for i in range(images_per_class * c)]
 
 
 def make_demo_suite(data_root: str | Path, images_per_class: int = 4, seed: int = 0,
                     names: tuple[str, ...] = DEMO_DATASETS) -> dict[str, str]:
     """Write the demo datasets under ``data_root`` (ELEVATER layout); returns {card: folder}."""
+    if isinstance(images_per_class, bool) or not isinstance(images_per_class, int) or images_per_class < 1:
+        raise HarnessError(f"images per class must be a whole number of at least 1, got {images_per_class!r}.")
     data_root = Path(data_root)
     made: dict[str, str] = {}
     for name in names:

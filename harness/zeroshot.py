@@ -18,39 +18,18 @@ import numpy as np
 from harness import paths
 from harness.atomic import write_torch
 from harness.cards import content_hash
+from harness.models.precision import autocast, input_dtype
 
 logger = logging.getLogger(__name__)
 
 LOGIT_SCALE = 100.0
-PRECISIONS = ("fp32", "amp", "amp_bf16", "fp16", "bf16")
-
-
-def autocast(device: str, precision: str):
-    """Autocast context for the amp precisions (fp16 on GPU, bf16 on CPU for 'amp'); a no-op otherwise."""
-    import torch
-
-    device_type = "cuda" if str(device).startswith("cuda") else "cpu"
-    if precision == "amp":
-        dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
-        return torch.autocast(device_type=device_type, dtype=dtype)
-    if precision == "amp_bf16":
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def input_dtype(precision: str):
-    import torch
-
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-
-
 def build_classifier(model: Any, tokenizer: Any, classnames: Sequence[str], templates: Sequence[str],
                      device: str = "cpu", precision: str = "fp32", progress: bool = False):
     """Zero-shot classifier weights (D, C), float32, unit columns."""
     import torch
     from open_clip import build_zero_shot_classifier
 
-    with torch.inference_mode(), autocast(device, precision):
+    with torch.inference_mode(), autocast(precision, device)():
         weights = build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates),
                                              num_classes_per_batch=10, device=device, use_tqdm=progress)
     return weights.float()
@@ -131,11 +110,12 @@ def predict(model: Any, classifier: Any, batches: Iterable, n_images: int, devic
     probs = np.zeros((n_images, classifier.shape[1]), dtype=np.float32)
     seen = np.zeros(n_images, dtype=bool)
     dtype = input_dtype(precision)
+    amp = autocast(precision, device)
     start = time.perf_counter()
     with torch.inference_mode(), _leave_cores_to_workers(device, getattr(batches, "num_workers", 0)):
         for images, indices in batches:
             images = images.to(device=device, dtype=dtype, non_blocking=True)
-            with autocast(device, precision):
+            with amp():
                 features = model.encode_image(images, normalize=True)
             # similarities and softmax in fp32 whatever the tower ran in (bf16 logits would tie)
             logits = LOGIT_SCALE * features.float() @ classifier.float()

@@ -35,7 +35,6 @@ for card in vitb32_random react_vitb32_random; do
 done
 python3 - <<PY | tee -a "$OUT/gpu_check.txt"
 import time, torch, open_clip
-import training.react
 m = open_clip.create_model("ViT-B-32", device="cuda").eval()
 x = torch.randn(256, 3, 224, 224, device="cuda")
 w = torch.nn.functional.normalize(torch.randn(512, 10, device="cuda"), dim=0)

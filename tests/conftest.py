@@ -1,13 +1,12 @@
 """Shared fixtures: an isolated cache/results per test session, the generated demo suite, tiny cards."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE_DIR = REPO / "reference"  # copied from the project's shared/reference (see reference/PROVENANCE.md)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,9 @@ import yaml
 from harness import cards
 from harness.errors import HarnessError
 
-from conftest import REPO, SHARED_REFERENCE
+from conftest import REFERENCE_DIR, REPO
+
+CARDS = REPO / "harness" / "model_cards"
 
 ELEVATER_20 = ["caltech-101", "cifar-10", "cifar-100", "country211", "dtd", "eurosat_clip", "fer-2013",
                "fgvc-aircraft-2013b-variants102", "oxford-flower-102", "food-101", "gtsrb", "hateful-memes",
@@ -39,9 +41,8 @@ def test_model_registry_has_baselines_and_all_13_react_checkpoints():
         assert name in models
     react = [c for c in models.values() if c.method != "baseline"]
     assert len(react) == 13
-    released = json.loads((SHARED_REFERENCE / "react.json").read_text())["released_checkpoints"]["entries"] \
-        if SHARED_REFERENCE.is_dir() else None
-    if released is not None:
+    released = json.loads((REFERENCE_DIR / "react.json").read_text())["released_checkpoints"]["entries"]
+    if released:
         by_file = {c.weights.file: c for c in react}
         assert sorted(by_file) == sorted(e["file"] for e in released)
         for e in released:
@@ -61,9 +62,8 @@ def test_model_registry_has_baselines_and_all_13_react_checkpoints():
         "hf:react-vl/react-in1k:clip-vit-base-32-gated-image.pt"
 
 
-@pytest.mark.skipif(not SHARED_REFERENCE.is_dir(), reason="shared/reference not beside this checkout")
 def test_dataset_cards_transcribe_elevater_exactly():
-    ref = json.loads((SHARED_REFERENCE / "elevater_datasets.json").read_text(encoding="utf-8"))["datasets"]
+    ref = json.loads((REFERENCE_DIR / "elevater_datasets.json").read_text(encoding="utf-8"))["datasets"]
     by_name = {c.name: c for c in cards.all_dataset_cards()}
     assert len(ref) == 21
     for entry in ref.values():
@@ -114,10 +114,10 @@ def _write(path: Path, data: dict) -> Path:
 
 
 def test_unknown_key_names_key_and_closest_valid_one(tmp_path):
-    data = yaml.safe_load((REPO / "model_cards" / "vitb32_CLIP.yaml").read_text())
+    data = yaml.safe_load((CARDS / "vitb32_CLIP.yaml").read_text())
     data["archtecture"] = data.pop("architecture")
     _write(tmp_path / "vitb32_CLIP.yaml", data)
-    (tmp_path / "_base").symlink_to(REPO / "model_cards" / "_base")
+    (tmp_path / "_base").symlink_to(CARDS / "_base")
     with pytest.raises(HarnessError, match=r"unknown key 'archtecture'.*Did you mean 'architecture'"):
         cards.load_model_card(tmp_path / "vitb32_CLIP.yaml")
 
@@ -169,3 +169,73 @@ def test_ls_and_validate_do_not_import_torch():
     assert out.returncode == 0, out.stderr
     assert "21 dataset cards" in out.stdout
     assert "0 invalid" in out.stdout
+
+
+def test_react_pretrained_tags_are_card_data_matching_the_released_registry():
+    """Every (model, tag) of REACT's released checkpoints is claimed by exactly the card holding that file."""
+    from harness.models.tags import react_card_for, react_tag_cards
+
+    released = json.loads((REFERENCE_DIR / "react.json").read_text())["released_checkpoints"]["entries"]
+    pairs = react_tag_cards()
+    assert sorted(pairs) == sorted((e["model"], e["tag"]) for e in released)
+    for e in released:
+        assert pairs[(e["model"], e["tag"])].weights.file == e["file"]
+    assert react_card_for("react_ViT-B-32-quickgelu", "react_clip_ret_laion400m").name == "react_vitb32_CLIP"
+    assert react_card_for("react_ViT-G-14", "react_openclip_laion2b_ret_laion2b").name == "react_vitG14_OpenCLIP"
+    assert react_card_for("ViT-B-32", "openai") is None
+
+
+def test_duplicate_pretrained_tag_is_a_validation_error(tmp_path, monkeypatch):
+    data = yaml.safe_load((CARDS / "react_vitb32_CLIP.yaml").read_text())
+    data["name"] = "react_copy"
+    _write(tmp_path / "react_copy.yaml", data)
+    (tmp_path / "_base").symlink_to(CARDS / "_base")
+    monkeypatch.setenv("HARNESS_MODEL_CARDS", str(tmp_path))
+    ok, errors = cards.validate_all()
+    assert any("pretrained tag (react_ViT-B-32, react_clip_ret_laion400m) is also claimed" in e for e in errors)
+
+
+def test_elevater_suite_is_data_and_excludes_imagenet():
+    suite = cards.get_suite(cards.ELEVATER_SUITE)
+    assert sorted(suite.members) == sorted(ELEVATER_20)
+    assert suite.title == "ELEVATER avg"
+    with pytest.raises(HarnessError, match="No dataset suite 'elevater-21'.*Did you mean 'elevater-20'"):
+        cards.get_suite("elevater-21")
+
+
+def test_suite_member_must_be_a_card(tmp_path, monkeypatch):
+    (tmp_path / cards.SUITES_FILE).write_text("elevater-20:\n  title: X\n  members: [cifar-10, cifar-1000]\n")
+    monkeypatch.setenv("HARNESS_DATASET_CARDS", str(tmp_path))
+    assert cards.get_suite(cards.ELEVATER_SUITE).members == ("cifar-10", "cifar-1000")  # the earlier folder wins
+    ok, errors = cards.validate_all()
+    assert any("suite elevater-20" in e and "cifar-1000" in e for e in errors)
+
+
+def test_display_names_and_openclip_text_are_card_fields():
+    assert cards.get_dataset_card("fgvc-aircraft-2013b-variants102").display_name == "fgvc-aircraft"
+    assert cards.get_dataset_card("cifar-10").display_name == "cifar-10"
+    with_openclip_text = [c.name for c in cards.all_dataset_cards() if c.openclip_text]
+    assert with_openclip_text == [cards.IMAGENET]
+    assert [cards.method_rank(m) for m in ("baseline", "locked-text", "gated-image")] == [0, 1, 2]
+
+
+def test_user_card_folders_are_searched_before_builtin(tmp_path, monkeypatch):
+    data = cards.card_to_dict(cards.get_model_card("tiny_demo_clip"))
+    data["description"] = "my own copy"
+    _write(tmp_path / "tiny_demo_clip.yaml", data)
+    monkeypatch.chdir(tmp_path.parent)
+    monkeypatch.setenv("HARNESS_MODEL_CARDS", str(tmp_path))
+    assert cards.get_model_card("tiny_demo_clip").description == "my own copy"
+    assert cards.model_card_names().count("tiny_demo_clip") == 1
+
+
+def test_generated_cards_are_what_the_generator_writes(tmp_path):
+    """scripts/make_dataset_cards.py runs from the repo alone and reproduces the committed cards and suites."""
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "make_dataset_cards.py"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    committed = REPO / "harness" / "dataset_yamls"
+    written = sorted(p.name for p in tmp_path.glob("*.yaml"))
+    assert written == sorted(p.name for p in committed.glob("*.yaml"))
+    for name in written:
+        assert (tmp_path / name).read_text() == (committed / name).read_text(), name

@@ -124,3 +124,21 @@ def test_unparseable_index_is_a_clear_error(tmp_path):
     (folder / "test_meta.json").write_text("{not json")
     with pytest.raises(HarnessError, match="could not parse .*test_meta.json as a coco"):
         open_eval_data(card, tmp_path)
+
+
+def test_demo_data_any_size_works_or_is_refused_clearly(tmp_path):
+    """More demo images than ImageNet has classes used to crash ("Cannot take a larger sample than population")."""
+    from harness.cli import main
+    from harness.synthetic import demo_labels, make_demo_suite
+
+    card = get_dataset_card("imagenet-1k")
+    labels = demo_labels(card, 60)  # 1,200 images over 1,000 classes
+    assert len(labels) == 1200 and set(labels) == set(range(1000))
+    assert len(set(demo_labels(card, 3))) == 60  # small sizes: distinct classes, as before
+    made = make_demo_suite(tmp_path / "big", images_per_class=60, names=("imagenet-1k",))
+    data = open_eval_data(card, tmp_path / "big")
+    assert len(data) == 1200 and made["imagenet-1k"] == data.location
+    for bad in (0, -1):
+        with pytest.raises(HarnessError, match="at least 1"):
+            make_demo_suite(tmp_path / "bad", images_per_class=bad)
+    assert main(["make-demo-data", "--out", str(tmp_path / "cli"), "--images-per-class", "0"]) == 2

@@ -106,23 +106,21 @@ def test_allowed_missing_keys_are_returned(tiny_loaded):
 
 def test_unknown_architecture_is_a_clear_error():
     card = dataclasses.replace(get_model_card("tiny_demo_clip"), architecture="ViT-Q-99")
-    with pytest.raises(HarnessError, match="'ViT-Q-99' is not an OpenCLIP model config"):
+    with pytest.raises(HarnessError, match="'ViT-Q-99' is neither an OpenCLIP model config nor a REACT"):
         build_model(card)
-    react = dataclasses.replace(get_model_card("tiny_demo_clip"), architecture="react_ViT-Q-99")
-    with pytest.raises(HarnessError, match="REACT gated-image architecture"):
+    react = dataclasses.replace(get_model_card("tiny_demo_clip"), architecture="react_ViT-B-99")
+    with pytest.raises(HarnessError, match="REACT architectures: react_ViT-B-16"):
         build_model(react)
 
 
 def test_react_card_loads_a_released_layout_checkpoint_strictly(tmp_path, monkeypatch):
     """A plain fp16 state dict in the released checkpoints' key layout (react.json) loads strictly through the
     react_vitb32_CLIP card, and the built model holds exactly those weights."""
-    import open_clip
-
-    import training.react  # noqa: F401  (registers react configs)
-    from training.react import gated_parameter_names
+    from harness.models.factory import create_model
+    from harness.models.react import gated_parameter_names
 
     torch.manual_seed(0)
-    source = open_clip.create_model("react_ViT-B-32", force_quick_gelu=True)
+    source = create_model("react_ViT-B-32", force_quick_gelu=True)
     for name, p in source.named_parameters():  # non-zero gates, as in a trained checkpoint
         if name.endswith(("alpha_attn", "alpha_dense")):
             p.data.fill_(0.25)
@@ -138,3 +136,24 @@ def test_react_card_loads_a_released_layout_checkpoint_strictly(tmp_path, monkey
     assert len(gated_parameter_names(loaded.model)) == 6 * 14
     acts = {type(m).__name__ for n, m in loaded.model.visual.named_modules() if n.endswith("gated_attn_block.mlp.gelu")}
     assert acts == {"QuickGELU"}  # REACT CLIP checkpoints need QuickGELU, gated blocks included
+
+
+def test_build_logs_what_was_loaded_not_openclips_random_init_warning(tiny_weights, caplog):
+    """OpenCLIP warns "No pretrained weights loaded ... initialized randomly" right before the harness loads the
+    card's weights strictly; that line misled users. The harness says what it loaded instead."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        build_model(_local_card(tiny_weights))
+        build_model(get_model_card("tiny_demo_clip"))
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "No pretrained weights loaded" not in text
+    assert f"weights loaded strictly from {tiny_weights}" in text
+    assert "seeded random weights (seed 0)" in text
+    # the filter is scoped to the build: OpenCLIP's warning still reaches a user who builds a model directly
+    import open_clip
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        open_clip.create_model("tiny-ViT-32px")
+    assert "No pretrained weights loaded" in "\n".join(r.getMessage() for r in caplog.records)

@@ -1,111 +1,30 @@
-"""REACT gated-image architecture (training.react) on OpenCLIP 3.3: keys, exactness, counts, loading, checkpointing."""
+"""REACT gated-image architecture (harness.models.react / factory) on OpenCLIP 3.3: keys, exactness, counts,
+loading, checkpointing, and the gated block's forward maths computed by hand."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import copy
 import io
 import json
-from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from scipy.special import erf
 
 import open_clip
-from harness.models import register_project_configs
+from harness.errors import HarnessError
+from harness.models import factory, react
 
-register_project_configs()  # tiny-ViT-32px + imports training.react
+from conftest import REFERENCE_DIR
 
-from training import react  # noqa: E402
-
-# Facts from shared/reference/react.json (REACT's configs, gated-block keys, parameter counts), kept here so the suite
-# runs without shared/ beside the checkout; test_reference_facts_match_shared_copy checks them against it.
-REFERENCE = {
- "react_configs": {
-  "react_ViT-B-32": {
-   "base": "ViT-B-32",
-   "react_cfg": {
-    "enabled": True,
-    "last_k_layers": 6
-   }
-  },
-  "react_ViT-B-32-quickgelu": {
-   "base": "ViT-B-32-quickgelu",
-   "react_cfg": {
-    "enabled": True,
-    "last_k_layers": 6
-   }
-  },
-  "react_ViT-B-16": {
-   "base": "ViT-B-16",
-   "react_cfg": {
-    "enabled": True,
-    "last_k_layers": 6
-   }
-  },
-  "react_ViT-L-14": {
-   "base": "ViT-L-14",
-   "react_cfg": {
-    "enabled": True,
-    "last_k_layers": 6
-   }
-  },
-  "react_ViT-bigG-14": {
-   "base": "ViT-bigG-14",
-   "react_cfg": {
-    "enabled": True,
-    "last_k_layers": 12
-   }
-  }
- },
- "gated_block": {
-  "keys_per_block": [
-   "alpha_attn",
-   "alpha_dense",
-   "ln_1.weight",
-   "ln_1.bias",
-   "attn.in_proj_weight",
-   "attn.in_proj_bias",
-   "attn.out_proj.weight",
-   "attn.out_proj.bias",
-   "ln_2.weight",
-   "ln_2.bias",
-   "mlp.c_fc.weight",
-   "mlp.c_fc.bias",
-   "mlp.c_proj.weight",
-   "mlp.c_proj.bias"
-  ],
-  "state_dict_prefix": "visual.transformer.resblocks.{N}.gated_attn_block.",
-  "param_counts": {
-   "react_ViT-B-32": {
-    "total": 193804557,
-    "gated": 42527244
-   },
-   "react_ViT-L-14": {
-    "total": 503193869,
-    "gated": 75577356
-   },
-   "react_ViT-bigG-14": {
-    "total": 2938547737,
-    "gated": 398980632
-   }
-  }
- }
-}
-SHARED_REACT_JSON = Path(__file__).resolve().parents[2] / "shared" / "reference" / "react.json"
-
-
-@pytest.mark.skipif(not SHARED_REACT_JSON.is_file(), reason="shared/reference not beside this checkout")
-def test_reference_facts_match_shared_copy():
-    shared = json.loads(SHARED_REACT_JSON.read_text())
-    assert REFERENCE["react_configs"] == shared["react_configs"]
-    for key, value in REFERENCE["gated_block"].items():
-        assert shared["gated_block"][key] == value
+# Facts from reference/react.json (REACT's configs, gated-block keys, parameter counts).
+REFERENCE = json.loads((REFERENCE_DIR / "react.json").read_text(encoding="utf-8"))
 TINY, TINY_BASE = "react_tiny-ViT-32px", "tiny-ViT-32px"
 
 
 def _build(name: str, seed: int = 0, **kwargs):
     torch.manual_seed(seed)
-    return open_clip.create_model(name, **kwargs).eval()
+    return factory.create_model(name, **kwargs).eval()
 
 
 def _inputs(seed: int = 1):
@@ -124,36 +43,34 @@ def _gated_from_base(quick_gelu: bool):
     return base, gated
 
 
-def test_configs_registered_and_match_base():
-    assert react.react_config_names() == list(REFERENCE["react_configs"]) + [TINY]
-    models = open_clip.list_models()
-    for name in react.react_config_names():
-        assert name in models
-        base, k = react.REACT_CONFIGS[name]
+def test_react_architectures_are_the_reference_configs_on_openclip_bases():
+    archs = factory.react_architectures()
+    assert sorted(archs) == sorted(list(REFERENCE["react_configs"]) + [TINY])
+    for name, arch in archs.items():
         if name in REFERENCE["react_configs"]:
-            assert REFERENCE["react_configs"][name] == {"base": base, "react_cfg": {"enabled": True,
-                                                                                      "last_k_layers": k}}
-        expected = react.make_react_config(base, k)
-        assert react.read_config_file(name) == expected
-        assert open_clip.get_model_config(name) == expected
+            assert REFERENCE["react_configs"][name] == {"base": arch.base, "react_cfg": {
+                "enabled": True, "last_k_layers": arch.last_k_layers}}
+        # the JSON (REACT fork format) is OpenCLIP's base config plus react_cfg, and the guard accepts it
+        assert factory.base_config_of(arch) == open_clip.get_model_config(arch.base)
+        assert factory.model_config(name)["vision_cfg"]["react_cfg"]["last_k_layers"] == arch.last_k_layers
+    assert set(archs) <= set(factory.list_architectures())
+    assert factory.canonical_name("react_ViT-G-14") == "react_ViT-bigG-14"
 
 
-def test_patch_is_idempotent():
-    before = open_clip.model._build_vision_tower
-    assert before._react_wrapped and not getattr(before._react_original, "_react_wrapped", False)
-    # execute the module a second time (as a second import under another name would) and call the installers again
-    spec = importlib.util.spec_from_file_location("_react_second_copy", react.__file__)
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    react._install_patch()
-    react._register_configs()
-    assert open_clip.model._build_vision_tower is before
-    paths = [str(p) for p in open_clip.factory._MODEL_CONFIG_PATHS]
-    assert paths.count(str(react.MODEL_CONFIG_DIR)) == 1
-    model = _build(TINY)
-    assert len(react.gated_blocks(model)) == 1
-    assert isinstance(model.visual.transformer.resblocks[-1], react.ReactResidualAttentionBlock)
-    assert not any(react.is_gated_key(k[len("visual.transformer.resblocks.1.gated_attn_block."):])
-                   for k in model.state_dict() if react.is_gated_key(k))  # no nested gated blocks
+def test_a_changed_openclip_base_config_fails_loudly(tmp_path, monkeypatch):
+    """If OpenCLIP's base config ever differs from what a REACT JSON says, building fails with what to do."""
+    cfg = copy.deepcopy(factory.model_config(TINY))
+    cfg["vision_cfg"]["width"] = 96  # as if OpenCLIP had changed tiny-ViT-32px under us
+    (tmp_path / f"{TINY}.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(factory, "REACT_CONFIG_DIR", tmp_path)
+    factory.react_architectures.cache_clear()
+    try:
+        with pytest.raises(HarnessError, match="no longer matches OpenCLIP's 'tiny-ViT-32px' config"):
+            factory.create_model(TINY)
+    finally:
+        monkeypatch.undo()
+        factory.react_architectures.cache_clear()
+    assert len(react.gated_blocks(factory.create_model(TINY))) == 1
 
 
 @pytest.mark.parametrize("quick_gelu", [False, True])
@@ -166,7 +83,7 @@ def test_fresh_gated_model_equals_base_exactly(quick_gelu):
 
 
 def test_state_dict_keys_and_gates():
-    k = react.parse_react_cfg(open_clip.get_model_config(TINY)["vision_cfg"]["react_cfg"])
+    k = factory.react_architecture(TINY).last_k_layers
     base_keys = set(_build(TINY_BASE).state_dict())
     model = _build(TINY)
     sd = model.state_dict()
@@ -203,7 +120,7 @@ def test_force_quick_gelu_uses_quickgelu():
     for gated in react.gated_blocks(_build(TINY, force_quick_gelu=True)).values():
         assert type(gated.mlp.gelu) is open_clip.transformer.QuickGELU
     with torch.device("meta"):  # a config with quick_gelu set in the JSON itself
-        model = open_clip.create_model("react_ViT-B-32-quickgelu", device="meta")
+        model = factory.create_model("react_ViT-B-32-quickgelu", device="meta")
     acts = {type(g.mlp.gelu) for g in react.gated_blocks(model).values()}
     assert acts == {open_clip.transformer.QuickGELU}
 
@@ -211,7 +128,7 @@ def test_force_quick_gelu_uses_quickgelu():
 @pytest.mark.parametrize("name", ["react_ViT-B-32", "react_ViT-L-14", "react_ViT-bigG-14"])
 def test_parameter_counts(name):
     with torch.device("meta"):
-        model = open_clip.create_model(name, device="meta")
+        model = factory.create_model(name, device="meta")
     counts = REFERENCE["gated_block"]["param_counts"][name]
     total = sum(p.numel() for p in model.parameters())
     gated = sum(p.numel() for n, p in model.named_parameters() if react.is_gated_key(n))
@@ -223,7 +140,7 @@ def test_parameter_counts(name):
 
 def test_bigg_gated_mlp_ignores_host_mlp_ratio():
     with torch.device("meta"):
-        model = open_clip.create_model("react_ViT-bigG-14", device="meta")
+        model = factory.create_model("react_ViT-bigG-14", device="meta")
     gated = next(iter(react.gated_blocks(model).values()))
     assert gated.mlp.c_fc.out_features == 6656
     assert model.visual.transformer.resblocks[-1].mlp.c_fc.out_features != 6656
@@ -280,6 +197,124 @@ def test_invalid_react_cfg_rejected():
     with pytest.raises(ValueError):
         react.parse_react_cfg({"enabled": True, "last_k": 2})
     assert react.parse_react_cfg({"enabled": False, "last_k_layers": 3}) == 0
-    cfg = react.make_react_config(TINY_BASE, 5)  # more than the tower's 2 layers
-    with pytest.raises(ValueError):
-        open_clip.model.CLIP(**cfg)
+    with pytest.raises(ValueError, match="between 1 and the tower's 2 layers"):
+        react.insert_gated_blocks(_build(TINY_BASE), 5)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_gated_blocks_follow_openclip_precision_per_part(precision):
+    """OpenCLIP's fp16/bf16 precisions cast linear layers and keep LayerNorms in fp32: the gated parts follow."""
+    model = factory.create_model(TINY, precision=precision)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    for idx, gated in react.gated_blocks(model).items():
+        host = model.visual.transformer.resblocks[idx]
+        assert gated.attn.in_proj_weight.dtype == host.attn.in_proj_weight.dtype == dtype
+        assert gated.mlp.c_fc.weight.dtype == host.mlp.c_fc.weight.dtype == dtype
+        assert gated.ln_1.weight.dtype == host.ln_1.weight.dtype
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the forward maths, by hand (numpy, float64) — not through any torch module
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().numpy()
+
+
+def _layer_norm(x, ln):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + ln.eps) * _np(ln.weight) + _np(ln.bias)
+
+
+def _attention(h, attn):
+    """nn.MultiheadAttention (batch_first, self-attention, no mask) written out."""
+    d = attn.embed_dim
+    heads = attn.num_heads
+    w, b = _np(attn.in_proj_weight), _np(attn.in_proj_bias)
+    q, k, v = (h @ w[i * d:(i + 1) * d].T + b[i * d:(i + 1) * d] for i in range(3))
+    B, N, _ = h.shape
+    split = lambda t: t.reshape(B, N, heads, d // heads).transpose(0, 2, 1, 3)  # noqa: E731
+    q, k, v = split(q), split(k), split(v)
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d // heads)
+    scores = np.exp(scores - scores.max(-1, keepdims=True))
+    scores /= scores.sum(-1, keepdims=True)
+    out = (scores @ v).transpose(0, 2, 1, 3).reshape(B, N, d)
+    return out @ _np(attn.out_proj.weight).T + _np(attn.out_proj.bias)
+
+
+def _mlp(h, mlp):
+    z = h @ _np(mlp.c_fc.weight).T + _np(mlp.c_fc.bias)
+    if isinstance(mlp.gelu, open_clip.transformer.QuickGELU):
+        z = z / (1 + np.exp(-1.702 * z))
+    else:
+        z = 0.5 * z * (1 + erf(z / np.sqrt(2)))  # exact GELU
+    return z @ _np(mlp.c_proj.weight).T + _np(mlp.c_proj.bias)
+
+
+def _block(x, blk, gates=None):
+    """A pre-LN residual block; ``gates`` = (alpha_attn, alpha_dense) scales each branch by tanh(alpha)."""
+    ga, gd = (np.tanh(gates[0]), np.tanh(gates[1])) if gates is not None else (1.0, 1.0)
+    x = x + ga * _attention(_layer_norm(x, blk.ln_1), blk.attn)
+    return x + gd * _mlp(_layer_norm(x, blk.ln_2), blk.mlp)
+
+
+def _randomise(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def test_gated_block_forward_by_hand():
+    """x + tanh(a_attn)·attn(ln_1 x), then + tanh(a_dense)·mlp(ln_2 x): tanh of the gates, not the gates."""
+    torch.manual_seed(0)
+    gated = react.GatedAttentionBlock(width=8, heads=2)
+    _randomise(gated, 1)
+    with torch.no_grad():
+        gated.alpha_attn.fill_(0.9)
+        gated.alpha_dense.fill_(-1.3)
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got = _np(gated(x))
+    expected = _block(_np(x), gated, gates=(0.9, -1.3))
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    ungated = _block(_np(x), gated)
+    untanhed = _np(x) + 0.9 * _attention(_layer_norm(_np(x), gated.ln_1), gated.attn)
+    untanhed = untanhed + -1.3 * _mlp(_layer_norm(untanhed, gated.ln_2), gated.mlp)
+    assert np.abs(got - untanhed).max() > 1e-2  # gating by alpha itself would be caught
+    assert np.abs(got - ungated).max() > 1e-2  # no gating at all would be caught
+
+
+def test_gated_blocks_run_before_their_host_in_the_last_k_blocks_only():
+    """Every vision block's output, from its captured input: host(x) for the first L-k blocks,
+    host(gated(x)) for the last k — and not gated(host(x))."""
+    torch.manual_seed(0)
+    arch = factory.react_architecture(TINY)
+    model = factory.create_model(TINY).eval()
+    _randomise(model.visual, 5)
+    blocks = model.visual.transformer.resblocks
+    gates = {}
+    with torch.no_grad():
+        for i, g in react.gated_blocks(model).items():
+            g.alpha_attn.fill_(0.6 + 0.1 * i)
+            g.alpha_dense.fill_(-0.8)
+            gates[i] = (0.6 + 0.1 * i, -0.8)
+    assert sorted(gates) == list(range(len(blocks) - arch.last_k_layers, len(blocks)))
+    seen = {}
+    hooks = [b.register_forward_hook(lambda m, inp, out, i=i: seen.__setitem__(i, (_np(inp[0]), _np(out))))
+             for i, b in enumerate(blocks)]
+    with torch.no_grad():
+        model.encode_image(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
+    for h in hooks:
+        h.remove()
+    assert sorted(seen) == list(range(len(blocks)))
+    for i, blk in enumerate(blocks):
+        x, out = seen[i]
+        if i in gates:
+            expected = _block(_block(x, blk.gated_attn_block, gates[i]), blk)
+            swapped = _block(_block(x, blk), blk.gated_attn_block, gates[i])
+            assert np.abs(out - swapped).max() > 1e-2, i
+        else:
+            assert not hasattr(blk, react.GATED_ATTR)
+            expected = _block(x, blk)
+        np.testing.assert_allclose(out, expected, atol=5e-5, err_msg=f"vision block {i}")

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import yaml
 
+from harness import paths, training_log
+from harness.cards import ELEVATER_SUITE, IMAGENET, METHODS, Suite, get_model_card, get_suite
 from harness.crosscheck import crosscheck
 from harness.report import ReportInputs, build, log_to_wandb
+from harness.report.collect import RESULT_COLUMNS, dataset_columns, families, load_training_runs
+from harness.report.plots import training_plots
+from harness.report.tables import per_method_tables, per_model_tables, react_comparison_tables, training_table
 from harness.runner import EvalOptions, evaluate
-
-from conftest import REPO
 
 DATASETS = ["cifar-10", "kitti-distance", "hateful-memes", "voc-2007-classification", "oxford-iiit-pets"]
 
@@ -28,7 +31,7 @@ def setup(demo_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     cards = root / "cards"
     cards.mkdir()
-    base = yaml.safe_load((REPO / "model_cards" / "tiny_demo_clip.yaml").read_text())
+    base = yaml.safe_load((paths.BUILTIN_MODEL_CARDS / "tiny_demo_clip.yaml").read_text())
     gated = {**base, "name": "tiny_gated_test", "architecture": "react_tiny-ViT-32px", "method": "gated-image",
              "base_model": "tiny_demo_clip", "retrieval_set": "synthetic", "weights": {"source": "random", "seed": 3},
              "published": {"cifar-10": 12.5}, "published_source": "test fixture"}
@@ -40,10 +43,13 @@ def setup(demo_root, tmp_path_factory):
     cc = crosscheck("tiny_demo_clip", ["cifar-10", "kitti-distance", "voc-2007-classification"], demo_root, opts)
     logs = root / "logs" / "run1"
     logs.mkdir(parents=True)
-    rows = [{"epoch": 0, "step": s, "loss": 4 - 0.1 * s} for s in range(1, 9)]
-    rows += [{"epoch": e, "train_loss_mean": 4 - e / 3} for e in (1, 2)]
-    rows += [{"epoch": e, "eval_dataset": "cifar-10", "cifar-10-zeroshot-top1": 0.1 * e} for e in (1, 2)]
-    (logs / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    tl = training_log
+    rows = [{tl.EPOCH: 0, tl.STEP: s, tl.LOSS: 4 - 0.1 * s} for s in range(1, 9)]
+    rows += [{tl.EPOCH: e, tl.TRAIN_LOSS_MEAN: 4 - e / 3} for e in (1, 2)]
+    rows += [{tl.EPOCH: e, tl.EVAL_DATASET: "cifar-10", tl.zeroshot_key("cifar-10", "accuracy", IMAGENET): 0.1 * e}
+             for e in (1, 2)]
+    for row in rows:
+        tl.append_row(logs / tl.METRICS_FILE, row)
     inputs = ReportInputs(name="test", run_sets=[("This harness", results)], logs=[root / "logs"],
                           model_card_dirs=[cards])
     folder = build(inputs, root / "reports", generated_at="T0")
@@ -210,3 +216,161 @@ def test_report_renders_in_headless_chromium(setup, tmp_path):
 
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape == (1600, 1280) and pixels.std() > 10  # not a blank page
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# facts from the cards, not from the report's code (tables computed on hand-made tidy frames)
+
+def _frame(rows):
+    """A tidy results frame from (run set, model, protocol, dataset, score) tuples."""
+    import pandas as pd
+
+    return pd.DataFrame([{"run_set": r, "model": m, "protocol": p, "dataset": d, "score": s}
+                         for r, m, p, d, s in rows], columns=RESULT_COLUMNS)
+
+
+def _extra_dataset_card(folder: Path, name: str, short_name: str) -> None:
+    data = yaml.safe_load((paths.BUILTIN_DATASET_CARDS / "cifar-10.yaml").read_text())
+    data.update(name=name, short_name=short_name)
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(data))
+
+
+def test_suite_average_leaves_out_a_dataset_outside_the_suite(tmp_path, monkeypatch):
+    _extra_dataset_card(tmp_path, "imagenet-v2-test", "IN-v2 (test)")
+    monkeypatch.setenv("HARNESS_DATASET_CARDS", str(tmp_path))
+    suite = get_suite(ELEVATER_SUITE)
+    datasets = dataset_columns()
+    names = [d.name for d in datasets]
+    # datasets in no suite first (by name), then the suite's members by card name
+    assert names[:2] == [IMAGENET, "imagenet-v2-test"] and names[2:] == sorted(suite.members)
+    scores = {IMAGENET: 70.0, "imagenet-v2-test": 90.0, "cifar-10": 40.0, "kitti-distance": 21.0}
+    df = _frame([("R", "m", "elevater", d, s) for d, s in scores.items()])
+    (table,) = per_model_tables(df, datasets, suite, "elevater")
+    assert table.header[0] == "model" and table.header[1:3] == ["ImageNet-1K", "IN-v2 (test)"]
+    assert table.header[-1] == "ELEVATER avg (n/20)" == f"{suite.title} (n/{len(suite.members)})"
+    cells = dict(zip(table.header, table.rows[0]))
+    assert cells["IN-v2 (test)"] == "90.00" and cells["ImageNet-1K"] == "70.00" and cells["kitti"] == "21.00"
+    assert cells["ELEVATER avg (n/20)"] == f"{(40.0 + 21.0) / 2:.2f} (2/20)" == "30.50 (2/20)"
+
+
+def test_suite_title_and_members_come_from_the_suites_file(tmp_path, monkeypatch):
+    (tmp_path / "_suites.yaml").write_text(yaml.safe_dump(
+        {ELEVATER_SUITE: {"title": "Mini avg", "members": ["kitti-distance", "cifar-10"]}}))
+    monkeypatch.setenv("HARNESS_DATASET_CARDS", str(tmp_path))
+    suite = get_suite(ELEVATER_SUITE)
+    datasets = dataset_columns()
+    names = [d.name for d in datasets]
+    assert names[-2:] == ["cifar-10", "kitti-distance"] and names.index("oxford-iiit-pets") < names.index("cifar-10")
+    df = _frame([("R", "m", "openclip", "cifar-10", 10.0), ("R", "m", "openclip", "kitti-distance", 35.0),
+                 ("R", "m", "openclip", "oxford-iiit-pets", 99.0)])
+    (table,) = per_model_tables(df, datasets, suite, "openclip")
+    assert table.header[-1] == "Mini avg (n/2)"
+    assert table.rows[0][-1] == f"{(10.0 + 35.0) / 2:.2f} (2/2)"  # pets (no longer a member) is not averaged
+    # and the same with a suite passed directly, no card folders involved
+    (table,) = per_model_tables(df, datasets, Suite("s", "S avg", "", ("oxford-iiit-pets",)), "openclip")
+    assert table.header[-1] == "S avg (n/1)" and table.rows[0][-1] == "99.00 (1/1)"
+
+
+def test_display_names_come_from_the_dataset_cards():
+    datasets = dataset_columns()
+    df = _frame([("R", "m", "elevater", "cifar-10", 1.0)])
+    (table,) = per_model_tables(df, datasets, get_suite(ELEVATER_SUITE), "elevater")
+    expected = []
+    for d in datasets:
+        data = yaml.safe_load((paths.BUILTIN_DATASET_CARDS / f"{d.name}.yaml").read_text())
+        expected.append(data.get("short_name") or data["name"])
+    assert table.header[1:-1] == expected
+    assert "voc-2007" in expected and "cifar-10" in expected and "voc-2007-classification" not in expected
+
+
+def _card(name: str, method: str, base_model: str | None, **extra):
+    import dataclasses
+
+    return dataclasses.replace(get_model_card("tiny_demo_clip"), name=name, method=method, base_model=base_model,
+                               **extra)
+
+
+def test_method_order_comes_from_the_cards():
+    # names sort the opposite way to METHODS, so only the method rank can give this order
+    cards = {c.name: c for c in [_card("a_base", "baseline", None), _card("a_1", "fine-tuned", "a_base"),
+                                 _card("a_2", "gated-image", "a_base"), _card("a_3", "locked-text", "a_base")]}
+    expected = ["a_base"] + sorted(["a_1", "a_2", "a_3"], key=lambda m: METHODS.index(cards[m].method))
+    assert expected == ["a_base", "a_3", "a_2", "a_1"]
+    assert [f.members for f in families(cards)] == [tuple(expected)]
+    scores = {"a_base": 50.0, "a_1": 51.0, "a_2": 52.0, "a_3": 53.0}
+    df = _frame([("R", m, "elevater", IMAGENET, s) for m, s in scores.items()])
+    (cmp,) = react_comparison_tables(df, cards, ["R"], "elevater")
+    assert [row[0] for row in cmp.rows] == ["Baseline", "Locked-text", "Gated-image", "Fine-tuned"]
+    assert [row[2] for row in cmp.rows] == ["50.00", "53.00", "52.00", "51.00"]
+    (per_method,) = per_method_tables(df, dataset_columns(), cards, "elevater")
+    assert [row[1] for row in per_method.rows] == expected
+
+
+def test_per_method_and_comparison_tables_agree_on_families():
+    cards = {c.name: c for c in [
+        _card("a_base", "baseline", None), _card("a_gated", "gated-image", "a_base"),
+        _card("a_locked", "locked-text", "a_base", published={IMAGENET: 61.5}),
+        _card("b_base", "baseline", None), _card("b_ft", "fine-tuned", "b_base"),
+        _card("orphan", "gated-image", "not_a_card"), _card("lonely_base", "baseline", None)]}
+    scores = {"a_base": (60.0, 30.0), "a_gated": (63.25, 33.5), "a_locked": (62.0, 29.0), "b_base": (50.0, 10.0),
+              "b_ft": (49.5, 12.0), "orphan": (70.0, 70.0), "lonely_base": (10.0, 10.0)}
+    df = _frame([("R", m, "elevater", d, s) for m, (inet, cifar) in scores.items()
+                 for d, s in ((IMAGENET, inet), ("cifar-10", cifar))])
+    want = {"a_base": ["a_base", "a_locked", "a_gated"], "b_base": ["b_base", "b_ft"]}
+    assert {f.base: list(f.members) for f in families(cards)} == want
+
+    per_method = per_method_tables(df, dataset_columns(), cards, "elevater")
+    got_pm = {t.title.split("base ")[1].split(",")[0]: [row[1] for row in t.rows] for t in per_method}
+    comparison = react_comparison_tables(df, cards, ["R"], "elevater")
+    got_cmp = {t.title.split("— ")[1].split(" family")[0]: t for t in comparison}
+    assert got_pm == want and set(got_cmp) == set(want)
+    for table in per_method:
+        base = table.rows[0][1]
+        i = table.header.index("ImageNet-1K")
+        cmp_rows = got_cmp[base].rows
+        # same members, same order, same ImageNet numbers in both tables
+        assert [row[2] for row in cmp_rows] == [row[i].split()[0] for row in table.rows] == \
+            [f"{scores[m][0]:.2f}" for m in want[base]]
+        for row in table.rows[1:]:  # gains over the baseline, computed independently
+            m, j = row[1], table.header.index("cifar-10")
+            assert row[j] == f"{scores[m][1]:.2f} ({scores[m][1] - scores[base][1]:+.2f})"
+    assert [row[1] for row in got_cmp["a_base"].rows] == ["—", "61.50", "—"]
+
+
+def test_training_table_reads_the_training_log_schema(tmp_path):
+    tl = training_log
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    run_a.mkdir()
+    run_b.mkdir()
+    losses = [2.5, 2.0, 1.75]
+    top1 = [0.31, 0.42]
+    for step in range(1, 7):
+        tl.append_row(run_a / tl.METRICS_FILE, {tl.EPOCH: (step - 1) // 2, tl.STEP: step, tl.LOSS: 3 - 0.2 * step})
+    for epoch, loss in enumerate(losses, 1):
+        tl.append_row(run_a / tl.METRICS_FILE, {tl.EPOCH: epoch, tl.TRAIN_LOSS_MEAN: loss, tl.TRAIN_STEPS: 2})
+    for epoch, value in zip((2, 3), top1):
+        tl.append_row(run_a / tl.METRICS_FILE, {tl.EPOCH: epoch, tl.EVAL_DATASET: IMAGENET,
+                                                tl.zeroshot_key(IMAGENET, "accuracy", IMAGENET): value,
+                                                tl.zeroshot_key(IMAGENET, "accuracy_top5", IMAGENET): 0.9})
+    with open(run_a / tl.METRICS_FILE, "a") as f:
+        f.write('{"epoch": 4, "train_lo')  # a run killed mid-write
+    for step in (1, 2):
+        tl.append_row(run_b / tl.METRICS_FILE, {tl.EPOCH: 0, tl.STEP: step, tl.LOSS: 1.0})
+    runs = load_training_runs([tmp_path])
+    assert [name for name, _ in runs] == ["a", "b"]
+    table = training_table(runs)
+    assert table.rows == [["a", str(len(losses)), f"{losses[0]:.2f}", f"{losses[-1]:.2f}", IMAGENET,
+                           f"{100 * top1[-1]:.2f}"],
+                          ["b", "0", "—", "—", "—", "—"]]
+    assert table.rows[0][2:] == ["2.50", "1.75", "imagenet-1k", "42.00"]
+    assert set(training_plots(runs)) == {"training_a.png", "training_b.png"}
+
+
+def test_report_package_names_no_fact_literals():
+    """Dataset names, training-log keys and display names live in the cards and harness.training_log."""
+    sources = {p.name: p.read_text() for p in (paths.PACKAGE_DIR / "report").glob("*.py")}
+    assert {"__init__.py", "collect.py", "tables.py", "plots.py", "render.py"} <= set(sources)
+    for name, text in sources.items():
+        for literal in ('"imagenet-1k"', "train_loss_mean", '-top1"', "SHORT_NAMES", "METHOD_ORDER", "(n/20)"):
+            assert literal not in text, f"{literal} in harness/report/{name}"
+        assert len(text.splitlines()) < 400

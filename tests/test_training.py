@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, SHARED_REFERENCE
+from conftest import REFERENCE_DIR, REPO
 
 # The REACT customization README's commands, verbatim (test_readme_commands_are_verbatim checks it against the
 # seed when shared/reference is beside the checkout).
@@ -71,9 +71,9 @@ def _parse(command: str):
     return parse_args(_tokens(command))
 
 
-@pytest.mark.skipif(not SHARED_REFERENCE.is_dir(), reason="shared/reference not beside this checkout")
+@pytest.mark.skipif(not REFERENCE_DIR.is_dir(), reason="reference/ (a copy of shared/reference) absent")
 def test_readme_commands_are_verbatim():
-    seed = (SHARED_REFERENCE / "000_b4a3d359a226d7f7.txt").read_text(encoding="utf-8")
+    seed = (REFERENCE_DIR / "000_b4a3d359a226d7f7.txt").read_text(encoding="utf-8")
     for command in (README_GATED, README_LOCKED, README_EVAL):
         assert command in seed
 
@@ -157,20 +157,66 @@ def test_unknown_aug_cfg_key_is_an_error():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# the structure of training.main and its steps
+
+TRAINING_STEP_MODULES = ("main", "setup", "model_setup", "evaluation", "reporting", "checkpoints", "model_card")
+
+
+@pytest.mark.parametrize("module", TRAINING_STEP_MODULES)
+def test_training_steps_are_short_functions_without_closures(module):
+    """run() is a sequence of named steps with explicit inputs: no function over 60 lines, and no nested function or
+    lambda in training/main.py (a closure there once read variables assigned after it)."""
+    import ast
+
+    tree = ast.parse((REPO / "training" / f"{module}.py").read_text(encoding="utf-8"))
+    assert ast.get_docstring(tree), f"training/{module}.py needs a module docstring"
+    functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    long = {f.name: f.end_lineno - f.lineno + 1 for f in functions if f.end_lineno - f.lineno + 1 > 60}
+    assert not long, long
+    if module == "main":
+        nested = [(f.name, inner.__class__.__name__) for f in functions for inner in ast.walk(f)
+                  if inner is not f and isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
+        assert not nested, nested
+
+
+def test_reporter_writes_the_training_log_schema_on_rank_0_only(tmp_path):
+    from harness import training_log as tl
+    from training.reporting import Reporter
+
+    args = type("Args", (), {"report_to": ""})()
+    with Reporter.open(args, tmp_path, is_master=True) as reporter:
+        reporter.log({tl.EPOCH: 1, tl.TRAIN_LOSS_MEAN: 0.5})
+    with Reporter.open(args, tmp_path / "rank1", is_master=False) as other:
+        other.log({tl.EPOCH: 1, tl.TRAIN_LOSS_MEAN: 0.7})
+    rows = tl.read_metrics(tmp_path / tl.METRICS_FILE)
+    assert len(rows) == 1 and list(rows[0]) == [tl.TIME, tl.EPOCH, tl.TRAIN_LOSS_MEAN] and tl.is_epoch_row(rows[0])
+    assert not (tmp_path / "rank1").exists()
+
+
+def test_latest_checkpoint_prefers_epoch_latest_then_the_highest_epoch(tmp_path):
+    from training.checkpoints import LATEST_CHECKPOINT_NAME, latest_checkpoint
+
+    assert latest_checkpoint(tmp_path) is None
+    for n in (2, 10, 9):
+        (tmp_path / f"epoch_{n}.pt").write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == tmp_path / "epoch_10.pt"
+    (tmp_path / LATEST_CHECKPOINT_NAME).write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == tmp_path / LATEST_CHECKPOINT_NAME
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # model preparation (in process)
 
 def _prepare(argv: list[str]):
-    from harness.models import register_project_configs
     from training.main import prepare_model
     from training.params import parse_args
 
-    register_project_configs()
     args = parse_args(argv)
     return args, prepare_model(args, torch.device("cpu"))
 
 
 def test_gated_recipe_trains_exactly_gated_params_and_logit_scale():
-    from training.react import gated_parameter_names
+    from harness.models.react import gated_parameter_names
 
     _, prep = _prepare(["--model", "react_tiny-ViT-32px", "--lock-image-unlock-gated", "--lock-text",
                         "--precision", "fp32"])
@@ -297,15 +343,12 @@ def test_training_run_writes_checkpoints_metrics_and_a_card(trained):
 def test_bad_samples_are_skipped_and_counted(shards):
     """One pass over 4 shards x 96 samples with every 40th image corrupt: exactly the 375 good samples come out
     (each once, as img2dataset keys) and the 9 bad ones are counted."""
-    import open_clip
-
-    from harness.models import register_project_configs
+    from harness.models.factory import get_tokenizer
     from training.data import SkipCounter, build_pipeline, expand_urls
 
-    register_project_configs()
     skipped = SkipCounter()
     pipe = build_pipeline(expand_urls(f"{shards}/{{00000..00003}}.tar"), lambda im: im.size,
-                          open_clip.get_tokenizer("tiny-ViT-32px"), 1, skipped, keep_keys=True)
+                          get_tokenizer("tiny-ViT-32px"), 1, skipped, keep_keys=True)
     keys = [batch[0][0] for batch in pipe]
     corrupt = {f"{n // 96:05d}{n % 96:04d}" for n in range(384) if (n + 1) % 40 == 0}
     assert skipped.value == 9 == len(corrupt)
@@ -395,6 +438,35 @@ def test_react_pretrained_tag_offline_fails_at_once(tmp_path):
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and time.time() - start < 60
     assert "clip-vit-base-32-gated-image.pt" in out.stderr and "HARNESS_WEIGHTS_REACT_VITB32_CLIP" in out.stderr
+    # the advice is what works in training.main: --weights is python -m harness's flag, not ours
+    assert "--weights" not in out.stderr and "HARNESS_WEIGHTS_DIR" in out.stderr
+    assert "--pretrained /path/to/clip-vit-base-32-gated-image.pt" in out.stderr
+
+
+def test_openclip_tag_on_a_react_model_names_the_base_weights_offline(tmp_path):
+    """--pretrained openai on react_ViT-B-32: OpenCLIP's tag of the base architecture (gates stay fresh); offline
+    and uncached it fails at once with training.main's advice."""
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"))  # an empty Hugging Face cache
+    out = subprocess.run([sys.executable, "-m", "training.main", "--model", "react_ViT-B-32", "--pretrained", "openai",
+                          "--imagenet-val", str(tmp_path), "--logs", str(tmp_path / "logs")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "open_clip tag ViT-B-32/openai" in out.stderr and "HARNESS_WEIGHTS_VIT_B_32_OPENAI" in out.stderr
+    assert "--weights" not in out.stderr and "--pretrained /path/to/" in out.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["--model", "no-such-model"],  # fails before logging is set up
+    ["--model", "tiny-ViT-32px", "--lock-image-unlock-gated"],  # fails after (out.log written)
+], ids=["early", "after-logging-setup"])
+def test_failed_run_ends_without_torchdynamo_logs(argv, tmp_path):
+    """open_clip_train's setup_logging sets every logger to INFO, which made TorchDynamo print its exit summary
+    ("I1128 ... torch/_dynamo/utils.py] TorchDynamo compilation metrics") after every run; only --debug shows it."""
+    out = subprocess.run([sys.executable, "-m", "training.main", *argv, "--logs", str(tmp_path), "--name", "x"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "error: " in out.stderr
+    assert "_dynamo" not in out.stderr + out.stdout, out.stderr[-3000:]
+    assert "_subclasses" not in out.stderr + out.stdout, out.stderr[-3000:]
 
 
 def test_export_base_offline_fails_clearly(tmp_path):

@@ -50,14 +50,22 @@ def _posterize_keeping_zero_bits(img, bits_to_keep, **_):
     return ImageOps.posterize(img, bits_to_keep)
 
 
-def _patch_timm_posterize() -> None:
-    import timm.data.auto_augment as aa
+POSTERIZE_OPS = ("Posterize", "PosterizeIncreasing", "PosterizeOriginal")
 
-    if aa.NAME_TO_OP.get("PosterizeIncreasing") is not _posterize_keeping_zero_bits:
-        for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
-            if name in aa.NAME_TO_OP:
-                aa.NAME_TO_OP[name] = _posterize_keeping_zero_bits
-        aa.posterize = _posterize_keeping_zero_bits
+
+def _fix_posterize_ops(transform: Any) -> int:
+    """Give the posterize ops of this transform's RandAugment/AutoAugment the 0-bit meaning, in place.
+
+    Only this transform instance changes (its ``AugmentOp.aug_fn`` attributes): timm's own tables stay as they are.
+    Returns how many ops were changed; tests/test_training.py fails loudly when timm renames these attributes.
+    """
+    changed = 0
+    for step in getattr(transform, "transforms", []):
+        for op in getattr(step, "ops", None) or []:
+            if getattr(op, "name", None) in POSTERIZE_OPS and hasattr(op, "aug_fn"):
+                op.aug_fn = _posterize_keeping_zero_bits
+                changed += 1
+    return changed
 
 
 def timm_train_transform(aug_cfg: dict[str, Any], image_size: int | tuple[int, int], mean, std):
@@ -65,7 +73,6 @@ def timm_train_transform(aug_cfg: dict[str, Any], image_size: int | tuple[int, i
     color_jitter, auto_augment, re_prob, re_count)."""
     from timm.data import create_transform
 
-    _patch_timm_posterize()
     cfg = {k: v for k, v in aug_cfg.items() if k != "use_timm"}
     size = image_size if isinstance(image_size, (tuple, list)) else (image_size, image_size)
     cfg.setdefault("re_mode", "pixel")
@@ -74,4 +81,7 @@ def timm_train_transform(aug_cfg: dict[str, Any], image_size: int | tuple[int, i
     for key in ("scale", "ratio"):
         if key in cfg:
             cfg[key] = tuple(float(x) for x in cfg[key])
-    return create_transform(input_size=(3, *size[-2:]), is_training=True, mean=tuple(mean), std=tuple(std), **cfg)
+    transform = create_transform(input_size=(3, *size[-2:]), is_training=True, mean=tuple(mean), std=tuple(std),
+                                 **cfg)
+    _fix_posterize_ops(transform)
+    return transform

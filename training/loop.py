@@ -6,9 +6,7 @@ fewer than 2 dimensions, plus names with ln/bn/bias/logit_scale — OpenCLIP's r
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import logging
 import math
 import time
@@ -16,6 +14,9 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from harness.models import precision
+from harness import training_log as tl
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 def lock_image_unlock_gated(model: nn.Module) -> list[str]:
     """Freeze the image tower except its gated blocks; returns the names left trainable in the image tower."""
-    from training.react import gated_parameter_names, is_gated_key
+    from harness.models.react import gated_parameter_names, is_gated_key
 
     if not gated_parameter_names(model):
         raise ValueError("--lock-image-unlock-gated needs a REACT model (react_* --model) with gated blocks")
@@ -65,7 +66,7 @@ def _checkpointed_gated_forward(module: nn.Module, original: Callable, x, attn_m
 
 def always_checkpoint_gated_blocks(model: nn.Module) -> int:
     """The original REACT code checkpoints every gated block whatever --grad-checkpointing says; reproduce it."""
-    from training.react import gated_blocks
+    from harness.models.react import gated_blocks
 
     blocks = gated_blocks(model)
     for gated in blocks.values():
@@ -91,21 +92,6 @@ def make_optimizer(model: nn.Module, lr: float, wd: float, beta1: float, beta2: 
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# precision
-
-def autocast_for(precision: str, device: torch.device):
-    """amp: fp16 autocast on GPU (with a GradScaler), bf16 autocast on CPU (no scaler needed); amp_bf16: bf16."""
-    if precision in ("amp", "amp_bf16", "amp_bfloat16"):
-        dtype = torch.float16 if precision == "amp" and device.type == "cuda" else torch.bfloat16
-        return functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
-    return contextlib.nullcontext
-
-
-def needs_grad_scaler(precision: str, device: torch.device) -> bool:
-    return precision == "amp" and device.type == "cuda"
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # one epoch
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -115,7 +101,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def train_one_epoch(model: nn.Module, data: Any, loss_fn: nn.Module, epoch: int, optimizer, scaler, scheduler,
                     args: Any, log_metrics: Callable[[dict], None], rank_stats: dict | None = None) -> dict:
     device = torch.device(args.device)
-    autocast = autocast_for(args.precision, device)
+    autocast = precision.autocast(args.precision, device)
     model.train()
     num_batches = data.num_batches
     losses: list[float] = []
@@ -156,12 +142,12 @@ def train_one_epoch(model: nn.Module, data: Any, loss_fn: nn.Module, epoch: int,
         samples += len(images) * args.world_size
         if (i + 1) % max(1, args.log_every_n_steps) == 0 or i + 1 == num_batches:
             elapsed = time.perf_counter() - start
-            row = {"epoch": epoch, "step": step + 1, "batch": i + 1, "num_batches": num_batches,
-                   "loss": losses[-1], "lr": optimizer.param_groups[0]["lr"],
-                   "logit_scale": float(unwrap(model).logit_scale.exp().item()),
-                   "samples_per_second": samples / elapsed if elapsed > 0 else float("nan")}
+            row = {tl.EPOCH: epoch, tl.STEP: step + 1, tl.BATCH: i + 1, tl.NUM_BATCHES: num_batches,
+                   tl.LOSS: losses[-1], tl.LR: optimizer.param_groups[0]["lr"],
+                   tl.LOGIT_SCALE: float(unwrap(model).logit_scale.exp().item()),
+                   tl.SAMPLES_PER_SECOND: samples / elapsed if elapsed > 0 else float("nan")}
             if device.type == "cuda":
-                row["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                row[tl.GPU_MEM_PEAK_GIB] = torch.cuda.max_memory_allocated(device) / 2**30
             log_metrics(row)
     if rank_stats is not None:
         rank_stats.setdefault("losses", []).extend(losses)
@@ -177,8 +163,3 @@ def parameter_checksum(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(p.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
-
-
-def dump_json_line(path, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")

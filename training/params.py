@@ -30,8 +30,8 @@ def _react_parser() -> argparse.ArgumentParser:
     g.add_argument("--zeroshot-protocol", choices=("openclip", "elevater"), default="openclip",
                    help="protocol of the periodic zero-shot eval (default openclip, as open_clip_train)")
     g.add_argument("--model-card-dir", default=None,
-                   help="where to write the model card of the trained checkpoint (default: model_cards/, or "
-                        "HARNESS_MODEL_CARDS); 'none' to skip")
+                   help="where to write the model card of the trained checkpoint (default: the first "
+                        "HARNESS_MODEL_CARDS folder, else ./model_cards); 'none' to skip")
     g.add_argument("--model-card-name", default=None, help="name of that card (default: derived from --name)")
     g.add_argument("--base-model-card", default=None,
                    help="the model card this run starts from (recorded in the written card)")

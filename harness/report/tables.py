@@ -1,0 +1,198 @@
+"""The report's tables, computed from the tidy results frame of :mod:`harness.report.collect` with pandas pivots.
+
+Each table is a :class:`Table` (title, header, rows of strings, note) that the markdown and HTML renderers of
+:mod:`harness.report.render` both consume:
+
+- :func:`per_model_tables`: models x datasets per run set; the average column is over one suite's members only;
+- :func:`per_method_tables`: one family (baseline + tuned cards) per run set, with gains over the baseline;
+- :func:`react_comparison_tables`: the REACT README's form (rows = methods, columns = published + run sets);
+- :func:`measured_vs_published_table`, :func:`crosscheck_table`, :func:`training_table`.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+from harness import training_log
+from harness.cards import IMAGENET, DatasetCard, ModelCard, Suite
+from harness.metrics import METRIC_LABELS
+from harness.report.collect import PAPER_LABEL, Family, TrainingRun, families, published_frame, with_published
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+MISSING = "—"
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+def fmt(value: float | None, signed: bool = False) -> str:
+    """A score as text: two decimals (signed for gains), :data:`MISSING` for None or NaN."""
+    if value is None or value != value:  # None or NaN
+        return MISSING
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def score_grid(df: "pd.DataFrame", index: str, columns: str) -> "pd.DataFrame":
+    """``score`` pivoted to index x columns (a repeated cell keeps the last row's score)."""
+    import pandas as pd
+
+    if df.empty:
+        return pd.DataFrame(dtype=float)
+    return df.pivot_table(index=index, columns=columns, values="score", aggfunc="last")
+
+
+def _run_sets(df: "pd.DataFrame", protocol: str) -> Iterator[tuple[str, "pd.DataFrame"]]:
+    sub = df[df.protocol == protocol]
+    for run_set in sorted(sub.run_set.unique()):
+        yield run_set, sub[sub.run_set == run_set]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# per model
+
+def per_model_tables(df: "pd.DataFrame", datasets: list[DatasetCard], suite: Suite, protocol: str) -> list[Table]:
+    """One table per run set: a row per model, a column per dataset card (in the given order) and the suite's
+    average over the members that were evaluated (datasets outside the suite have a column but are not averaged)."""
+    names = [d.name for d in datasets]
+    members = [n for n in names if n in suite.members] + [m for m in suite.members if m not in names]
+    n_members = len(suite.members)
+    header = ["model"] + [d.display_name for d in datasets] + [f"{suite.title} (n/{n_members})"]
+    if protocol == "elevater":
+        metrics = ", ".join(f"{d.display_name}: {METRIC_LABELS[d.metric]}" for d in datasets if d.metric != "accuracy")
+        what = f"each dataset with its own ELEVATER metric (top-1 accuracy unless noted: {metrics})"
+    else:
+        what = "top-1 accuracy on every dataset (multilabel sets are not scored under this protocol)"
+    note = (f"Scores in percent; {what}. {MISSING} = not evaluated. {suite.title} is the mean over the evaluated "
+            f"datasets of the {suite.name} suite only; (n/{n_members}) says how many went in.")
+    tables = []
+    for run_set, part in _run_sets(df, protocol):
+        grid = score_grid(part, "model", "dataset")
+        rows = []
+        for model in grid.index:
+            scores = grid.loc[model]
+            present = [float(scores[m]) for m in members if m in scores.index and scores[m] == scores[m]]
+            avg = f"{sum(present) / len(present):.2f}" if present else MISSING
+            rows.append([model] + [fmt(scores.get(n)) for n in names] + [f"{avg} ({len(present)}/{n_members})"])
+        tables.append(Table(f"Results per model — {run_set}, {protocol} protocol", header, rows, note=note))
+    return tables
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# per method (families)
+
+def family_grids(df: "pd.DataFrame", cards: dict[str, ModelCard], datasets: list[DatasetCard],
+                 protocol: str) -> Iterator[tuple[str, Family, "pd.DataFrame"]]:
+    """(run set, family, scores) for every family of :func:`~harness.report.collect.families` whose baseline and at
+    least one tuned card have results in the run set; scores: rows = the baseline then the tuned cards with results
+    (family order), columns = the datasets (in the given order) that any of them was evaluated on."""
+    order = [d.name for d in datasets]
+    fams = families(cards)
+    for run_set, part in _run_sets(df, protocol):
+        for fam in fams:
+            grid = score_grid(part[part.model.isin(fam.members)], "model", "dataset")
+            tuned = [m for m in fam.tuned if m in grid.index]
+            if fam.base not in grid.index or not tuned:
+                continue
+            yield run_set, fam, grid.reindex(index=[fam.base, *tuned], columns=[d for d in order if d in grid.columns])
+
+
+def per_method_tables(df: "pd.DataFrame", datasets: list[DatasetCard], cards: dict[str, ModelCard],
+                      protocol: str) -> list[Table]:
+    tables = []
+    for run_set, fam, grid in family_grids(df, cards, datasets, protocol):
+        short = {d.name: d.display_name for d in datasets}
+        gains = grid.sub(grid.loc[fam.base], axis=1)
+        base = grid.loc[fam.base]
+        rows = [["Baseline", fam.base] + [fmt(v) for v in base]]
+        for m in grid.index[1:]:
+            cells = []
+            for d in grid.columns:
+                v, b = grid.at[m, d], base[d]
+                cells.append(fmt(v) if v != v or b != b else f"{v:.2f} ({gains.at[m, d]:+.2f})")
+            rows.append([cards[m].method.capitalize(), m] + cells)
+        tables.append(Table(f"Per method — base {fam.base}, {run_set}, {protocol} protocol",
+                            ["method", "model"] + [short[d] for d in grid.columns], rows,
+                            note="Gains over the baseline in parentheses (points)."))
+    return tables
+
+
+def react_comparison_tables(df: "pd.DataFrame", cards: dict[str, ModelCard], run_labels: list[str], protocol: str,
+                            dataset: str = IMAGENET, paper_label: str = PAPER_LABEL) -> list[Table]:
+    """The REACT README's table form, one per family with a result on ``dataset``: rows Baseline / Locked-text /
+    Gated-image..., columns the cards' published number then one per run set."""
+    grid = score_grid(df[(df.protocol == protocol) & (df.dataset == dataset)], "model", "run_set")
+    pub = published_frame(cards)
+    published = pub[pub.dataset == dataset].set_index("model").published
+    tables = []
+    for fam in families(cards):
+        block = grid.reindex(index=list(fam.members), columns=run_labels)
+        if block.isna().all(axis=None):
+            continue
+        counts = Counter(cards[m].method for m in fam.members)
+        rows = []
+        for m in fam.members:
+            card = cards[m]
+            label = card.method.capitalize()
+            if counts[card.method] > 1 and card.retrieval_set:
+                label += f" ({card.retrieval_set})"
+            rows.append([label, fmt(published.get(m))] + [fmt(v) for v in block.loc[m].tolist()])
+        tables.append(Table(f"REACT comparison — {fam.base} family, {dataset} zero-shot",
+                            ["", paper_label] + run_labels, rows,
+                            note=f"'{paper_label}': the number on each model card (published_source); the other "
+                                 f"columns are runs of this harness ({protocol} protocol), labelled by run set. "
+                                 f"Rows: " + ", ".join(f"{cards[m].method} = {m}" for m in fam.members) + "."))
+    return tables
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# published numbers, cross-checks, training
+
+def measured_vs_published_table(df: "pd.DataFrame", cards: dict[str, ModelCard], protocol: str) -> Table:
+    both = with_published(df[df.protocol == protocol], cards).sort_values(["model", "dataset", "run_set"],
+                                                                          kind="stable")
+    rows = [[r.model, r.dataset, r.run_set, f"{r.published:.2f}", f"{r.score:.2f}", f"{r.score - r.published:+.2f}"]
+            for r in both.itertuples()]
+    return Table(f"Measured vs published ({protocol} protocol)",
+                 ["model", "dataset", "run set", "published", "measured", "Δ"], rows,
+                 note="Every card with a published number and a finished result." if rows else
+                 "No finished result for a card that carries a published number.")
+
+
+def crosscheck_table(label: str, cc: dict) -> Table:
+    rows = []
+    for name, r in sorted(cc["datasets"].items()):
+        rows.append([name, f"{r['elevater']:.2f}", f"{r['openclip']:.2f}", f"{r['delta']:+.2f}",
+                     "⚠ |Δ| > %.1f" % cc["threshold"] if r["flagged"] else "ok", "; ".join(r["differences"])])
+    note = f"Top-1 accuracy of the same weights and data under both protocols; flagged when |Δ| > " \
+           f"{cc['threshold']} point (the REACT README reports < 0.1 for almost all cases)."
+    if cc.get("skipped_multilabel"):
+        note += " Not comparable (multilabel): " + ", ".join(cc["skipped_multilabel"]) + "."
+    return Table(f"Cross-check OpenCLIP vs ELEVATER — {cc['model']} ({label})",
+                 ["dataset", "ELEVATER", "OpenCLIP", "Δ (OpenCLIP − ELEVATER)", "flag",
+                  "what differs (from the cards)"], rows, note=note)
+
+
+def training_table(runs: list[TrainingRun]) -> Table:
+    """One row per training run: epochs, first and last epoch's mean loss, the last eval with a top-1 accuracy."""
+    rows = []
+    for name, log in runs:
+        epochs = [r[training_log.TRAIN_LOSS_MEAN] for r in log if training_log.is_epoch_row(r)]
+        evals = [r for r in log if training_log.is_eval_row(r) and training_log.eval_top1(r) is not None]
+        last = evals[-1] if evals else {}
+        top1 = training_log.eval_top1(last)
+        rows.append([name, str(len(epochs)), fmt(epochs[0]) if epochs else MISSING,
+                     fmt(epochs[-1]) if epochs else MISSING, last.get(training_log.EVAL_DATASET, MISSING),
+                     fmt(100 * top1) if top1 is not None else MISSING])
+    return Table("Training runs", ["run", "epochs", "loss (first epoch)", "loss (last epoch)", "eval dataset",
+                                   "zero-shot top-1 (last eval)"], rows)
