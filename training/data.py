@@ -2,20 +2,49 @@
 
 Each shard ``NNNNN.tar`` holds, per sample key, ``<key>.jpg`` (the image), ``<key>.txt`` (the caption) and
 ``<key>.json`` (url, caption, status, sizes; unused here). Shards are listed from a brace pattern
-(``/data/imagenet_10m/{00000..00897}.tar``), shuffled deterministically per epoch, split by node (rank) and then
-by DataLoader worker, samples shuffled in a buffer; unreadable or incomplete samples are skipped and counted.
+(``/data/imagenet_10m/{00000..00897}.tar``); unreadable or incomplete samples are skipped and counted.
+
+**What an epoch reads** (OpenCLIP's webdataset epoch, made deterministic). ``N`` = ``--train-num-samples``,
+``B`` = ``--batch-size``, ``R`` ranks, ``K`` = ``max(1, --workers)`` DataLoader workers per rank, ``W = R x K``.
+Every worker reads exactly ``q = ceil(ceil(N / (B R)) / K)`` full batches per epoch (OpenCLIP's count), so every
+rank takes ``q K`` steps. In epoch ``e`` the shard list is permuted with ``(--seed, e)`` — the same permutation on
+every rank and worker: open_clip_train's ``detshuffle2`` reading the epoch from its ``SharedEpoch``, which
+:meth:`TrainData.set_epoch` sets before each epoch — and dealt round-robin by rank, then by worker (as webdataset's
+``split_by_node``/``split_by_worker``), so each shard belongs to exactly one worker of one rank in that epoch. Hence:
+
+1. *Disjoint.* Within an epoch no sample is read by two ranks (nor by two workers of one rank).
+2. *No repeat before exhaustion.* A worker reads its shards in passes, each readable sample once per pass, in a
+   buffer shuffle seeded by ``(--seed, e, rank, worker, pass)``; batches run on across the end of a pass, so a
+   worker repeats a sample only after it has read every sample of its shards.
+3. *Complete when the quota covers the share.* An epoch reads every readable sample (at least once) exactly when
+   every worker's ``q B`` is at least the samples its shards hold. With shards of equal size and a shard count that
+   is a multiple of ``W``, that is whenever ``N`` >= the samples the shards hold (exactly once when that number is
+   also a multiple of ``B W``). With uneven shards it cannot hold for every ``N``: a worker whose shards hold more
+   than ``q B`` leaves the rest unread in this epoch (another epoch deals the shards differently), and a worker
+   whose shards hold less wraps around to another pass over its own shards (repeating its own samples, never
+   another worker's). ``N >= W x`` (the largest share) reads everything.
+4. *Reproducible.* An epoch's samples and their order depend only on ``--seed``, the epoch, ``R``, ``K``, ``B``,
+   ``N`` and the shard list: they differ between epochs, and a run resumed at epoch ``E`` (``--resume``) reads in
+   epochs ``E, E+1, ...`` exactly what an uninterrupted run reads.
+
+Fewer shards than ``W`` is refused before training (some worker would get none; OpenCLIP asserts the same).
 """
 from __future__ import annotations
 
 import logging
 import math
 import multiprocessing as mp
+import random
 from dataclasses import dataclass
+from itertools import count, islice
 from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
 
 IMAGE_KEYS = "jpg;png;jpeg;webp"
+# open_clip_train's buffer sizes (its _SHARD_SHUFFLE_* and _SAMPLE_SHUFFLE_*)
+SHARD_SHUFFLE = (2000, 500)
+SAMPLE_SHUFFLE = (5000, 1000)
 
 
 class SkipCounter:
@@ -51,6 +80,89 @@ def expand_urls(pattern: str) -> list[str]:
     return urls
 
 
+def shared_epoch(epoch: int = 0):
+    """open_clip_train's SharedEpoch: the epoch in shared memory, read by the DataLoader workers."""
+    from open_clip_train.data import SharedEpoch
+
+    return SharedEpoch(epoch)
+
+
+def worker_slot() -> tuple[int, int]:
+    """(this DataLoader worker's id, workers per rank); (0, 1) in the main process."""
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class SplitByRankAndWorker:
+    """The (permuted) shard list dealt round-robin by rank, then by worker: webdataset's split_by_node and
+    split_by_worker with the rank given explicitly (not read from torch.distributed)."""
+
+    def __init__(self, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size
+
+    def __call__(self, src):
+        worker, num_workers = worker_slot()
+        return islice(islice(src, self.rank, None, self.world_size), worker, None, num_workers)
+
+
+class Passes:
+    """A worker's samples: passes over its shards, each pass reading every shard once and shuffling samples in a
+    buffer seeded by (seed, epoch, rank, worker, pass); ``passes=None`` repeats without end (the epoch's batch
+    count stops it). ``samples`` turns a stream of shard dicts into decoded samples."""
+
+    def __init__(self, samples: Callable, epoch: Any, seed: int, rank: int, passes: int | None):
+        self.samples, self.epoch, self.seed, self.rank, self.passes = samples, epoch, seed, rank, passes
+
+    def __call__(self, src):
+        shards = list(src)
+        epoch = self.epoch.get_value()
+        worker, _ = worker_slot()
+        for n in count() if self.passes is None else range(self.passes):
+            rng = random.Random(f"react-train/{self.seed}/{epoch}/{self.rank}/{worker}/{n}")
+            read = 0
+            for sample in self.samples(iter(shards), rng):
+                read += 1
+                yield sample
+            if read == 0:
+                from harness.errors import HarnessError
+
+                raise HarnessError(f"worker {worker} of rank {self.rank} read no usable sample from its shards "
+                                   f"{[s['url'] for s in shards]} in epoch {epoch}: check those shards.")
+
+
+def build_pipeline(shards: list[str], preprocess: Callable, tokenizer: Callable, batch_size: int,
+                   skipped: SkipCounter, seed: int = 0, keep_keys: bool = False, *, rank: int = 0,
+                   world_size: int = 1, epoch: Any = None, passes: int | None = 1):
+    """Shard permutation for the epoch, deal by rank and worker, ``passes`` passes of sample shuffle, decode and
+    batching (see the module docstring). ``epoch``: a SharedEpoch (default: epoch 0)."""
+    import webdataset as wds
+    from open_clip_train.data import detshuffle2
+
+    epoch = shared_epoch(0) if epoch is None else epoch
+
+    def to_inputs(sample):
+        key, image, text = sample
+        out = (preprocess(image), tokenizer([text])[0])
+        return (key,) + out if keep_keys else out
+
+    def samples(shard_dicts, rng):
+        stream = wds.tarfile_to_samples(handler=skipped)(shard_dicts)
+        stream = wds.shuffle(*SAMPLE_SHUFFLE, rng=rng)(stream)
+        stream = wds.decode("pilrgb", handler=skipped)(stream)
+        stream = wds.to_tuple("__key__", IMAGE_KEYS, "txt", handler=skipped)(stream)
+        return wds.map(to_inputs, handler=skipped)(stream)
+
+    return wds.DataPipeline(
+        wds.SimpleShardList(shards),
+        detshuffle2(*SHARD_SHUFFLE, seed=seed, epoch=epoch),  # one permutation per epoch, the same on every rank
+        SplitByRankAndWorker(rank, world_size),
+        Passes(samples, epoch, seed, rank, passes),
+        wds.batched(batch_size, partial=False),
+    )
+
+
 @dataclass
 class TrainData:
     loader: Any
@@ -58,43 +170,20 @@ class TrainData:
     num_batches: int
     skipped: SkipCounter
     shards: list[str]
+    shared_epoch: Any = None  # open_clip_train.data.SharedEpoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before iterating ``loader`` for ``epoch``: the workers read it when the epoch's iteration starts."""
+        if self.shared_epoch is not None:
+            self.shared_epoch.set_value(epoch)
 
 
-def build_pipeline(shards: list[str], preprocess: Callable, tokenizer: Callable, batch_size: int,
-                   skipped: SkipCounter, seed: int = 0, keep_keys: bool = False):
-    """One pass over the shards: shard shuffle, split by node and worker, sample shuffle, decode, batch."""
-    import webdataset as wds
-
-    def to_inputs(sample):
-        key, image, text = sample
-        out = (preprocess(image), tokenizer([text])[0])
-        return (key,) + out if keep_keys else out
-
-    return wds.DataPipeline(
-        wds.SimpleShardList(shards),
-        wds.detshuffle(bufsize=2000, initial=500, seed=seed),  # shard order, new permutation every epoch
-        wds.split_by_node,
-        wds.split_by_worker,
-        wds.tarfile_to_samples(handler=skipped),
-        wds.shuffle(bufsize=5000, initial=1000),
-        wds.decode("pilrgb", handler=skipped),
-        wds.to_tuple("__key__", IMAGE_KEYS, "txt", handler=skipped),
-        wds.map(to_inputs, handler=skipped),
-        wds.batched(batch_size, partial=False),
-    )
-
-
-def make_train_data(pattern: str, preprocess: Callable, tokenizer: Callable, batch_size: int, num_samples: int,
-                    workers: int, world_size: int = 1, seed: int = 0, keep_keys: bool = False) -> TrainData:
-    """The webdataset pipeline and its loader. As OpenCLIP: one epoch = ``num_samples`` over all ranks, i.e. a fixed
-    number of batches per worker; a worker that runs out of data starts another pass over its shards."""
+def check_shards(pattern: str, shards: list[str], world_size: int, workers: int) -> None:
+    """Every shard exists (local paths) and there is at least one shard per worker of every rank."""
     import os
-
-    import webdataset as wds
 
     from harness.errors import HarnessError
 
-    shards = expand_urls(pattern)
     if not shards:
         raise HarnessError(f"--train-data '{pattern}' names no shards.")
     local = [s for s in shards if "://" not in s and not s.startswith("pipe:")]
@@ -102,11 +191,34 @@ def make_train_data(pattern: str, preprocess: Callable, tokenizer: Callable, bat
     if absent:
         raise HarnessError(f"--train-data: {len(absent)} of {len(shards)} shards do not exist, e.g. {absent[0]}. "
                            f"Download the pairs with img2dataset (see the README) or fix the pattern.")
-    if len(shards) < world_size * max(workers, 1):
-        logger.warning("%d shards for %d ranks x %d workers: some workers get no data (use more shards)",
-                       len(shards), world_size, max(workers, 1))
+    needed = world_size * max(workers, 1)
+    if len(shards) < needed:
+        fewer = (f"use at most --workers {len(shards) // world_size}, " if len(shards) >= world_size else
+                 f"run at most {len(shards)} processes, ")
+        raise HarnessError(
+            f"--train-data has {len(shards)} shards for {world_size} rank(s) x {max(workers, 1)} data-loading "
+            f"worker(s) = {needed}: every worker needs at least one shard of its own (as open_clip_train requires). "
+            f"{fewer[0].upper() + fewer[1:]}or write the data as at least {needed} shards "
+            f"(img2dataset --number_sample_per_shard).")
+
+
+def make_train_data(pattern: str, preprocess: Callable, tokenizer: Callable, batch_size: int, num_samples: int,
+                    workers: int, world_size: int = 1, seed: int = 0, keep_keys: bool = False, rank: int = 0,
+                    epoch: int = 0) -> TrainData:
+    """The webdataset pipeline of ``rank`` and its loader; one epoch is OpenCLIP's (``num_samples`` over all ranks,
+    a fixed number of batches per worker). Call ``set_epoch`` before each epoch (see the module docstring)."""
+    import webdataset as wds
+
+    from harness.errors import HarnessError
+
+    shards = expand_urls(pattern)
+    check_shards(pattern, shards, world_size, workers)
+    if seed < 0:  # detshuffle2 would then seed each worker differently: the ranks' deals would overlap
+        raise HarnessError(f"--seed {seed}: training data needs a seed >= 0 (the same shard order on every rank).")
     skipped = SkipCounter()
-    pipeline = build_pipeline(shards, preprocess, tokenizer, batch_size, skipped, seed, keep_keys)
+    epoch_value = shared_epoch(epoch)
+    pipeline = build_pipeline(shards, preprocess, tokenizer, batch_size, skipped, seed, keep_keys, rank=rank,
+                              world_size=world_size, epoch=epoch_value, passes=None)
     global_batch = batch_size * world_size
     num_batches = math.ceil(num_samples / global_batch)
     num_workers = max(1, workers)
@@ -118,4 +230,4 @@ def make_train_data(pattern: str, preprocess: Callable, tokenizer: Callable, bat
     loader.num_batches = num_batches
     loader.num_samples = num_batches * global_batch
     return TrainData(loader=loader, num_samples=loader.num_samples, num_batches=num_batches, skipped=skipped,
-                     shards=shards)
+                     shards=shards, shared_epoch=epoch_value)
