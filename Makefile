@@ -12,6 +12,8 @@ DATA_ROOT ?= ./data
 PROTOCOL ?= elevater
 RESULTS ?= ./results
 EVAL_FLAGS ?=
+DATASETS ?=
+PREPARE_FLAGS ?=
 DEMO_DIR ?= ./demo
 REPORT_NAME ?= latest
 REPORT_FLAGS ?=
@@ -31,7 +33,7 @@ NPROC ?= 1
 TINY_EPOCHS ?= 8
 TINY_LAUNCH := $(if $(filter 1,$(NPROC)),$(PY) -m training.main,$(VENV)/bin/torchrun --nproc_per_node $(NPROC) -m training.main)
 
-.PHONY: install test dataset-cards demo eval eval-all validate ls bench clean-demo report crosscheck base-checkpoint train-gated train-locked train-tiny
+.PHONY: install test dataset-cards demo prepare eval eval-all validate ls bench clean-demo report crosscheck base-checkpoint train-gated train-locked train-tiny
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +57,9 @@ ls:  ## list model and dataset cards
 
 eval:  ## one model on one dataset: make eval MODEL=... DATASET=... DATA_ROOT=...
 	$(PY) -m harness eval --model $(MODEL) --dataset $(DATASET) --data-root $(DATA_ROOT) --protocol $(PROTOCOL) --results $(RESULTS) $(EVAL_FLAGS)
+
+prepare:  ## download the ELEVATER test sets into DATA_ROOT (resumable, verified): make prepare DATA_ROOT=... [DATASETS=a,b]
+	$(PY) -m harness prepare --data-root $(DATA_ROOT) $(if $(DATASETS),--datasets $(DATASETS),) $(PREPARE_FLAGS)
 
 eval-all:  ## one model on ImageNet-1K + the 20 ELEVATER datasets: make eval-all MODEL=react_vitb32_CLIP DATA_ROOT=...
 	$(PY) -m harness eval-all --model $(MODEL) --data-root $(DATA_ROOT) --protocol $(PROTOCOL) --results $(RESULTS) $(EVAL_FLAGS)

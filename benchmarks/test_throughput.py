@@ -187,9 +187,10 @@ def harness_run(bench_data, tiny_loaded, spec, throughput, tmp_path_factory):
 
 
 def _harness_probs(results_root: Path, throughput) -> np.ndarray:
-    from harness.results import result_paths
+    from harness.results import read_result, result_json
 
-    return np.load(result_paths(results_root, throughput.MODEL_CARD, "elevater", throughput.DATASET_CARD)["probs"])
+    path = result_json(results_root, throughput.MODEL_CARD, "elevater", throughput.DATASET_CARD)
+    return np.load(path.parent / read_result(path)["files"]["probs"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the classifier cache")
     p.add_argument("--refresh-cache", action="store_true", help="recompute and overwrite cached classifiers")
     p.add_argument("--force", action="store_true", help="recompute results that are already finished")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave unreadable images out instead of failing the dataset; the result records how many and "
+                        "which (the score is then over fewer images than the test set)")
     p.add_argument("--no-predictions-json", action="store_true",
                    help="skip the ELEVATER-style predictions JSON export (large for ImageNet)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -99,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--samples-per-shard", type=int, default=128)
     p.add_argument("--classes-from", default="cifar-10", help="dataset card whose class names the captions use")
+
+    p = sub.add_parser("prepare", help="download the ELEVATER test sets into the layout the harness reads "
+                                       "(resumable, verified)")
+    p.add_argument("--data-root", required=True, type=Path, help="folder to download into (eval's --data-root)")
+    p.add_argument("--datasets", default="all",
+                   help="comma-separated dataset cards, or 'all' (default): every card but imagenet-1k, which is "
+                        "downloaded only when named (licence)")
+    p.add_argument("--storage-url", default=None,
+                   help="container URL holding <root_folder>/<file>, SAS query string allowed (default: env "
+                        "HARNESS_DATA_URL, else the ELEVATER toolkit's container)")
+    p.add_argument("--split", default="test", help="which split of each card (default: test, what eval reads)")
+    p.add_argument("--tries", type=int, default=4, help="attempts per file on connection errors/5xx (default 4)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds of silence before a read fails (default 60)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -155,6 +172,7 @@ def _options(args):
                        workers=args.workers, device=args.device, precision=args.precision,
                        use_cache=not args.no_cache, refresh_cache=args.refresh_cache, force=args.force,
                        results_root=args.results, save_predictions=not args.no_predictions_json,
+                       skip_bad_images=args.skip_bad_images,
                        progress=not args.no_progress and sys.stderr.isatty())
 
 
@@ -211,17 +229,23 @@ def _cmd_report(args) -> int:
 
 def _cmd_table(args) -> int:
     from harness import paths
-    from harness.results import iter_results
+    from harness.results import scan_results
 
-    rows = [r for r in iter_results(args.results or paths.results_dir())
-            if not args.protocol or r["protocol"]["name"] == args.protocol]
-    if not rows:
-        print(f"no finished results under {args.results or paths.results_dir()}")
-        return 1
-    print(f"{'model':34s} {'protocol':9s} {'dataset':34s} {'metric':15s} {'score':>7s} {'images':>7s} {'img/s':>8s}")
+    folder = args.results or paths.results_dir()
+    good, skipped = scan_results(folder)
+    rows = [r for r in good if not args.protocol or r["protocol"]["name"] == args.protocol]
+    if rows:
+        print(f"{'model':34s} {'protocol':9s} {'dataset':34s} {'metric':15s} {'score':>7s} {'images':>7s} "
+              f"{'img/s':>8s}")
     for r in rows:
+        ips = r["provenance"].get("images_per_second")
         print(f"{r['model']['card']:34s} {r['protocol']['name']:9s} {r['dataset']['card']:34s} {r['metric']:15s} "
-              f"{r['score']:7.2f} {r['n_images']:7d} {r['provenance']['images_per_second']:8.1f}")
+              f"{r['score']:7.2f} {r['n_images']:7d} {ips if ips is not None else float('nan'):8.1f}")
+    for s in skipped:
+        print(f"skipped {s.reason}")
+    if not rows:
+        print(f"no finished results under {folder}")
+        return 1
     return 0
 
 
@@ -232,6 +256,19 @@ def _cmd_make_demo_data(args) -> int:
     for name, where in made.items():
         print(f"{name:28s} {where}")
     return 0
+
+
+def _cmd_prepare(args) -> int:
+    from harness.prepare import DownloadOptions, PrepareOptions, prepare
+
+    if args.tries < 1 or args.timeout <= 0:
+        raise HarnessError(f"--tries must be at least 1 and --timeout positive, got {args.tries} and {args.timeout}.")
+    download = DownloadOptions(tries=args.tries, read_timeout_s=args.timeout,
+                               progress=not args.no_progress and sys.stderr.isatty())
+    summary = prepare(args.data_root, args.datasets,
+                      PrepareOptions(storage_url=args.storage_url, split=args.split, download=download))
+    print("\n".join(summary.lines()))
+    return 1 if summary.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"ls": _cmd_ls, "validate": _cmd_validate, "eval": _cmd_eval, "eval-all": _cmd_eval,
                 "crosscheck": _cmd_crosscheck, "report": _cmd_report,
                 "table": _cmd_table, "make-demo-data": _cmd_make_demo_data,
-                "make-demo-shards": _cmd_make_demo_shards}
+                "make-demo-shards": _cmd_make_demo_shards, "prepare": _cmd_prepare}
     try:
         return commands[args.command](args)
     except HarnessError as exc:

@@ -26,7 +26,7 @@ SCHEMA_VERSION = 1
 
 
 def protocol_differences(model_card: ModelCard, dataset_card: DatasetCard, preprocess_val: Any,
-                         precision: str) -> list[str]:
+                         precisions: tuple[str, str]) -> list[str]:
     """What the two protocols do differently for this model and dataset, computed from their specs."""
     from harness.protocols import make_protocol
 
@@ -54,7 +54,9 @@ def protocol_differences(model_card: ModelCard, dataset_card: DatasetCard, prepr
         out.append(f"resize: elevater shorter side + center crop, openclip resize mode '{pp.resize_mode}'")
     else:
         out.append("preprocessing: identical (shorter side, bicubic, center crop, card mean/std)")
-    out.append(f"precision: {precision} in both runs")
+    ev_prec, oc_prec = precisions
+    out.append(f"precision: {ev_prec} in both runs" if ev_prec == oc_prec else
+               f"precision: elevater {ev_prec}, openclip {oc_prec}")
     return out
 
 
@@ -88,7 +90,8 @@ def crosscheck(model: str | ModelCard, datasets: list[str] | None, data_root: st
         out["datasets"][card.name] = {
             "metric": "accuracy", "elevater": round(a, 4), "openclip": round(b, 4), "delta": round(b - a, 4),
             "flagged": abs(b - a) > THRESHOLD, "n_images": ev["n_images"],
-            "differences": protocol_differences(model_card, card, loaded.preprocess_val, options.precision),
+            "differences": protocol_differences(model_card, card, loaded.preprocess_val,
+                                                (ev["provenance"]["precision"], oc["provenance"]["precision"])),
         }
     write_json(results_root / model_card.name / "crosscheck.json", out)
     return out

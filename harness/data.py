@@ -13,10 +13,11 @@ under one of the card's ``imagefolder_dirs`` or given directly as the data root.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,6 +45,7 @@ class EvalData:
     labels: np.ndarray  # (N,) int64 for multiclass, (N, C) uint8 for multilabel
     image_ids: list[str]
     _loader: Any  # object with .load(i) -> PIL.Image
+    files: list[Path] = field(default_factory=list)  # index, zips and label map read (ELEVATER layouts)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -51,47 +53,145 @@ class EvalData:
     def load_image(self, index: int):
         return self._loader.load(index)
 
+    def fingerprint(self) -> dict:
+        """What identifies the data actually read, cheaply: the image count, and for ELEVATER layouts the sha256 of
+        every file read (index, zips, label map; hashed once per file and remembered, see harness.hashing), for
+        an ImageFolder the hash of its (relative path, size) list — its JPEGs are not re-read each run."""
+        from harness.cards import content_hash
+        from harness.hashing import file_sha256
+
+        out: dict[str, Any] = {"layout": self.layout, "n_images": len(self)}
+        if self.files:
+            out["files"] = {p.name: file_sha256(p) for p in self.files}
+        else:
+            root = Path(self.location)
+            out["listing"] = content_hash([[i, (root / i).stat().st_size] for i in self.image_ids])
+        return out
+
+
+class ImageReadError(HarnessError):
+    """One image of a dataset could not be read or decoded; the message names the dataset, file and remedy."""
+
+
+SKIP_HINT = ("re-download the dataset (python -m harness prepare), or pass --skip-bad-images to leave such images "
+             "out (the result records which)")
+
+
+@contextlib.contextmanager
+def _pillow_bomb_limit_lifted():
+    """ELEVATER test sets are trusted data: an image over Pillow's decompression-bomb limit (~179 Mpx) is read, not
+    refused. The limit is lifted only around the harness's own decode call and restored after."""
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def to_rgb(image):
+    """An 8-bit RGB image from any Pillow mode. Pillow's ``convert('RGB')`` clips 16-bit and 32-bit integer
+    grayscale ("I;16", "I") to 255 — a 16-bit PNG comes out pure white — and float ("F") images likewise; those
+    are scaled to 8 bits here (16-bit: value / 257, i.e. 65535 -> 255; "I" whose values exceed 255 is taken as
+    16-bit; "F" in [0, 1] is scaled by 255). Every other mode goes through Pillow's own conversion."""
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        a = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or (image.mode == "I" and a.max(initial=0) > 255):
+            a = a / 257.0
+        elif image.mode == "F" and a.max(initial=0) <= 1.0:
+            a = a * 255.0
+        gray = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+        return gray.convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(blob: bytes):
+    """Decode image bytes as the toolkit's reader does — vision-datasets' PILImageLoader: EXIF orientation, then
+    RGB — fully (a truncated file fails here, not later). One deliberate difference: PILImageLoader converts 16-bit
+    images ("I;16") with Pillow's ``convert('RGB')``, which clips them to white; those modes are rotated by their
+    EXIF orientation and scaled to 8 bits by :func:`to_rgb` instead."""
+    import io
+
+    from PIL import Image, ImageOps
+    from vision_datasets.common.data_reader import PILImageLoader
+
+    with _pillow_bomb_limit_lifted():
+        image = Image.open(io.BytesIO(blob))
+        if image.mode.startswith("I") or image.mode == "F":
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image))
+        image = PILImageLoader.load_from_stream(io.BytesIO(blob))
+        image.load()
+    return to_rgb(image)
+
+
+def _read_error(dataset: str, path: str, exc: BaseException) -> ImageReadError:
+    import zipfile
+
+    if "@" in path:
+        zip_path, entry = path.split("@", 1)
+        if isinstance(exc, KeyError):
+            why = f"'{entry}' is listed in the index but missing from {zip_path}"
+        elif isinstance(exc, zipfile.BadZipFile):
+            why = f"{zip_path} is not a readable zip file ({exc}): a truncated or damaged download"
+        else:
+            why = f"cannot decode '{entry}' in {zip_path} ({type(exc).__name__}: {exc or 'no detail'})"
+    elif isinstance(exc, FileNotFoundError):
+        why = f"{path} does not exist"
+    else:
+        why = f"cannot decode {path} ({type(exc).__name__}: {exc or 'no detail'})"
+    return ImageReadError(f"Dataset '{dataset}': {why}. To fix: {SKIP_HINT}.")
+
 
 class _ManifestImageLoader:
     """Picklable image access by index over a vision-datasets manifest's image paths (plain files or
-    ``zip@entry``), through vision-datasets' public FileReader and PILImageLoader (the toolkit's reader: EXIF
-    orientation, then RGB). Each process opens its own zip handles."""
+    ``zip@entry``), through vision-datasets' public FileReader (the toolkit's reader). Each process opens its own
+    zip handles. Errors are :class:`ImageReadError` naming the dataset, zip and entry."""
 
-    def __init__(self, image_paths: list[str]):
+    def __init__(self, dataset: str, image_paths: list[str]):
+        self.dataset = dataset
         self.image_paths = image_paths
         self._reader = None
         self._pid = None
 
     def __getstate__(self):
-        return {"image_paths": self.image_paths, "_reader": None, "_pid": None}
+        return {"dataset": self.dataset, "image_paths": self.image_paths, "_reader": None, "_pid": None}
 
     def load(self, index: int):
-        import io
         import os
 
-        from vision_datasets.common.data_reader import FileReader, PILImageLoader
+        from vision_datasets.common.data_reader import FileReader
 
         if self._reader is None or self._pid != os.getpid():
             self._reader, self._pid = FileReader(), os.getpid()
-        # Read the entry whole, then decode from memory: PIL's JPEG parser otherwise makes dozens of small
-        # Python-level zip reads per image (~5% of the decode time).
-        with self._reader.open(self.image_paths[index], "rb") as f:
-            blob = f.read()
-        image = PILImageLoader.load_from_stream(io.BytesIO(blob))
-        return image.convert("RGB") if image.mode != "RGB" else image
+        path = self.image_paths[index]
+        try:
+            # Read the entry whole, then decode from memory: PIL's JPEG parser otherwise makes dozens of small
+            # Python-level zip reads per image (~5% of the decode time).
+            with self._reader.open(path, "rb") as f:
+                blob = f.read()
+            return decode_image(blob)
+        except Exception as exc:  # any failure of one image is that image's error, with its name
+            raise _read_error(self.dataset, path, exc) from exc
 
 
 class _FileListLoader:
-    def __init__(self, files: list[str]):
+    def __init__(self, dataset: str, files: list[str]):
+        self.dataset = dataset
         self.files = files
 
     def load(self, index: int):
-        from vision_datasets.common.data_reader import PILImageLoader
-
-        with open(self.files[index], "rb") as f:
-            image = PILImageLoader.load_from_stream(f)
-            image.load()
-        return image.convert("RGB") if image.mode != "RGB" else image
+        try:
+            with open(self.files[index], "rb") as f:
+                return decode_image(f.read())
+        except Exception as exc:
+            raise _read_error(self.dataset, self.files[index], exc) from exc
 
 
 def _expected_files(card: DatasetCard) -> list[str]:
@@ -100,6 +200,10 @@ def _expected_files(card: DatasetCard) -> list[str]:
     if card.format == "iris" and card.labelmap:
         files.append(card.labelmap)
     return files
+
+
+def _data_files(folder: Path, spec: Any, card: DatasetCard) -> list[Path]:
+    return [folder / f for f in _expected_files(card)]
 
 
 def _find_imagefolder(card: DatasetCard, data_root: Path) -> Path | None:
@@ -135,6 +239,25 @@ def open_eval_data(card: DatasetCard, data_root: str | Path) -> EvalData:
     return _open_vision_dataset(card, data_root, folder)
 
 
+_CLASS_INDEX = re.compile(r"^\d+$")
+
+
+def _check_iris_index(index: Path, card: DatasetCard) -> None:
+    """Every line of an iris index is ``<image path> <class>[,<class>...]`` with classes in 0..C-1; the error names
+    the line (vision-datasets' own parser fails with a bare ValueError)."""
+    for number, line in enumerate(index.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        labels = parts[1].split(",") if len(parts) == 2 else []
+        bad = [x for x in labels if not _CLASS_INDEX.match(x) or int(x) >= card.num_classes]
+        if not labels or bad:
+            what = f"label '{bad[0]}'" if bad else "no label"
+            raise HarnessError(f"Dataset '{card.name}': {index}, line {number}: {what} — expected "
+                               f"'<image path> <class>[,<class>]' with classes 0..{card.num_classes - 1} "
+                               f"(line: {line.strip()[:120]!r}). Re-download the dataset or fix the index.")
+
+
 def _open_vision_dataset(card: DatasetCard, data_root: Path, folder: Path) -> EvalData:
     from vision_datasets import DatasetInfo, Usages
     from vision_datasets.common.factory import DataManifestFactory
@@ -146,6 +269,8 @@ def _open_vision_dataset(card: DatasetCard, data_root: Path, folder: Path) -> Ev
         "test": {"index_path": spec.index, "files_for_local_usage": list(spec.files)},
         "labelmap": card.labelmap,
     })
+    if card.format == "iris":
+        _check_iris_index(folder / spec.index, card)
     try:
         manifest = DataManifestFactory.create(info, Usages.TEST, str(data_root))
     except (ValueError, KeyError, IndexError, json.JSONDecodeError) as exc:
@@ -186,7 +311,8 @@ def _open_vision_dataset(card: DatasetCard, data_root: Path, folder: Path) -> Ev
                        card.name, n, folder / spec.index, spec.num_images)
     return EvalData(card=card, layout=layout, location=str(folder), labels=labels,
                     image_ids=[str(img.img_path).replace(str(folder) + "/", "") for img in manifest.images],
-                    _loader=_ManifestImageLoader([str(img.img_path) for img in manifest.images]))
+                    _loader=_ManifestImageLoader(card.name, [str(img.img_path) for img in manifest.images]),
+                    files=_data_files(folder, spec, card))
 
 
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".jfif")
@@ -207,18 +333,36 @@ def _open_imagefolder(card: DatasetCard, folder: Path) -> EvalData:
     if not files:
         raise HarnessError(f"Dataset '{card.name}': no images in the class folders of {folder}.")
     return EvalData(card=card, layout="imagefolder", location=str(folder), labels=np.asarray(labels, np.int64),
-                    image_ids=[str(Path(f).relative_to(folder)) for f in files], _loader=_FileListLoader(files))
+                    image_ids=[str(Path(f).relative_to(folder)) for f in files], _loader=_FileListLoader(card.name, files),
+                    files=[])
 
 
 class TransformedDataset:
-    """torch-style dataset: (transformed image tensor, index). Labels stay in EvalData."""
+    """torch-style dataset of ``(image tensor, index, error)``; labels stay in EvalData.
+
+    An image that cannot be read yields a placeholder tensor and its one-line :class:`ImageReadError` message
+    (``error`` is "" otherwise), so the main process decides what a bad image means (fail the dataset, or skip it
+    with ``--skip-bad-images``) and the message reaches the user without a DataLoader traceback around it.
+    """
 
     def __init__(self, data: EvalData, transform: Callable):
         self.data = data
         self.transform = transform
+        self._placeholder = None
 
     def __len__(self) -> int:
         return len(self.data)
 
+    def _blank(self):
+        if self._placeholder is None:
+            from PIL import Image
+
+            self._placeholder = self.transform(Image.new("RGB", (64, 64)))
+        return self._placeholder
+
     def __getitem__(self, index: int):
-        return self.transform(self.data.load_image(index)), index
+        try:
+            image = self.data.load_image(index)
+        except ImageReadError as exc:
+            return self._blank(), index, str(exc)
+        return self.transform(image), index, ""

@@ -2,24 +2,32 @@
 
 Layout::
 
-    <results>/<model>/<protocol>/<dataset>.json              the result (schema below); written last
-    <results>/<model>/<protocol>/<dataset>.probs.npy         (N, C) float32 softmax probabilities, dataset order
-    <results>/<model>/<protocol>/<dataset>.predictions.json  ELEVATER toolkit-style predictions (leaderboard format)
+    <results>/<model>/<protocol>/<dataset>.json                     the result (schema below): the commit point
+    <results>/<model>/<protocol>/<dataset>.<run>.probs.npy          (N, C) float32 softmax probabilities
+    <results>/<model>/<protocol>/<dataset>.<run>.predictions.json   ELEVATER toolkit-style predictions (leaderboard)
+    <results>/<model>/<protocol>/<dataset>.lock                     held while a run computes or writes this result
 
-Result JSON, ``schema_version`` 1:
+``<run>`` is a token unique to the run that wrote the files. The data files are written first under new names, the
+JSON last (atomically), then files no JSON lists are removed. So the JSON always describes the files beside it: a
+run killed at any point leaves either the previous complete result or the new one, never a mix.
+
+Result JSON, ``schema_version`` 2:
+- ``run_key``: {hash, parts} — what decides whether the result is finished (see harness.runkey)
 - ``model``: card, card_hash, architecture, method, base_model, retrieval_set, weights {source, file, sha256}
-- ``dataset``: card, card_hash, content_hash (class names + templates), version, layout, location, split
-- ``protocol``: name, text_source, n_classes, n_templates, text_hash, transform, logit_scale, classifier_cache_key
+- ``dataset``: card, card_hash, content_hash (class names + templates), version, layout, location, split,
+  fingerprint
+- ``protocol``: name, version, text_source, n_classes, n_templates, text_hash, transform, logit_scale,
+  classifier_cache_key
 - ``metric`` (primary metric id), ``score`` (primary metric in percent), ``metrics`` {id: fraction in [0, 1]}
-- ``n_images``; ``files`` {probs, predictions}
-- ``provenance``: packages, git, python, platform, device, device_name, precision, batch_size, workers, date,
-  seconds, images_per_second
-A result counts as done only when the JSON and every file it lists exist. Every write is atomic.
+- ``n_images`` (scored); ``skipped_images`` {count, ids, reasons} (only with --skip-bad-images); ``files``
+- ``provenance``: packages, git, python, platform, device, device_name, precision, numerics, batch_size, workers,
+  date, seconds, images_per_second, classifier_from_cache
 """
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,57 +35,124 @@ from harness.errors import HarnessError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+REQUIRED_KEYS = ("run_key", "model", "dataset", "protocol", "metric", "score", "metrics", "n_images", "files",
+                 "provenance")
 
 
-def result_paths(results_root: Path, model: str, protocol: str, dataset: str) -> dict[str, Path]:
-    folder = Path(results_root) / model / protocol
-    return {
-        "json": folder / f"{dataset}.json",
-        "probs": folder / f"{dataset}.probs.npy",
-        "predictions": folder / f"{dataset}.predictions.json",
-    }
+class ResultFileError(HarnessError):
+    """A result file that cannot be used: unreadable, malformed, or of another schema version."""
+
+    def __init__(self, message: str, newer: bool = False):
+        super().__init__(message)
+        self.newer = newer
+
+
+def result_folder(results_root: Path, model: str, protocol: str) -> Path:
+    return Path(results_root) / model / protocol
+
+
+def result_json(results_root: Path, model: str, protocol: str, dataset: str) -> Path:
+    return result_folder(results_root, model, protocol) / f"{dataset}.json"
+
+
+def lock_path(results_root: Path, model: str, protocol: str, dataset: str) -> Path:
+    return result_folder(results_root, model, protocol) / f"{dataset}.lock"
+
+
+def data_file_names(dataset: str, run_token: str) -> dict[str, str]:
+    return {"probs": f"{dataset}.{run_token}.probs.npy", "predictions": f"{dataset}.{run_token}.predictions.json"}
 
 
 def read_result(path: Path) -> dict:
+    """A result JSON of this schema with every required key; :class:`ResultFileError` says what is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultFileError(f"{path}: unreadable ({exc}); delete it to recompute.") from exc
+    if not isinstance(data, dict):
+        raise ResultFileError(f"{path}: holds a JSON {type(data).__name__}, not a result object; delete it to "
+                              f"recompute.")
+    version = data.get("schema_version")
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise ResultFileError(f"{path}: schema_version {version} was written by a newer harness (this one reads "
+                              f"{SCHEMA_VERSION}); upgrade the harness to read it. It is never overwritten.",
+                              newer=True)
+    if version != SCHEMA_VERSION:
+        raise ResultFileError(f"{path}: schema_version {version!r} is from an older harness (this one reads "
+                              f"{SCHEMA_VERSION}); the next eval of this model and dataset replaces it.")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ResultFileError(f"{path}: malformed result, missing {', '.join(missing)}; delete it to recompute.")
+    if not isinstance(data.get("files"), dict):
+        raise ResultFileError(f"{path}: malformed result, 'files' is not a mapping; delete it to recompute.")
+    return data
+
+
+def stored_schema_version(path: Path) -> int | None:
+    """The schema_version a JSON file claims (None when unreadable): used so nothing overwrites a newer result."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HarnessError(f"Result file {path} is unreadable ({exc}); delete it to recompute.") from exc
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise HarnessError(f"Result file {path} has schema_version {data.get('schema_version')}, this harness "
-                           f"reads {SCHEMA_VERSION}; re-run the evaluation with --force.")
-    return data
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        return version if isinstance(version, int) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
 
 
-def finished_result(results_root: Path, model: str, protocol: str, dataset: str) -> dict | None:
-    """The stored result when it is complete (JSON readable and every file it lists present), else None."""
-    p = result_paths(results_root, model, protocol, dataset)
-    if not p["json"].is_file():
+def finished_result(path: Path, run_key_hash: str | None = None) -> dict | None:
+    """The stored result when it is complete (readable, every listed file present) and, when ``run_key_hash`` is
+    given, made under that run key; else None."""
+    path = Path(path)
+    if not path.is_file():
         return None
     try:
-        data = read_result(p["json"])
-    except HarnessError as exc:
+        data = read_result(path)
+    except ResultFileError as exc:
         logger.warning("%s", exc)
         return None
-    for name in (data.get("files") or {}).values():
-        if name and not (p["json"].parent / name).is_file():
+    for name in data["files"].values():
+        if name and not (path.parent / name).is_file():
+            logger.info("%s lists %s, which is missing: recomputing", path, name)
             return None
+    if run_key_hash is not None and (data.get("run_key") or {}).get("hash") != run_key_hash:
+        return None
     return data
 
 
-def iter_results(results_root: Path) -> Iterator[dict]:
-    """Every finished result under a results folder (unreadable files are skipped with a warning)."""
+@dataclass
+class SkippedResult:
+    path: str
+    reason: str
+
+
+def scan_results(results_root: Path) -> tuple[list[dict], list[SkippedResult]]:
+    """Every usable result under a results folder, and every result file that was not usable with why."""
+    good: list[dict] = []
+    skipped: list[SkippedResult] = []
     for path in sorted(Path(results_root).glob("*/*/*.json")):
         if path.name.endswith(".predictions.json"):
             continue
         try:
             data = read_result(path)
-        except HarnessError as exc:
-            logger.warning("%s", exc)
+        except ResultFileError as exc:
+            skipped.append(SkippedResult(str(path), str(exc)))
+            continue
+        absent = [n for n in data["files"].values() if n and not (path.parent / n).is_file()]
+        if absent:
+            skipped.append(SkippedResult(str(path), f"{path}: lists {', '.join(absent)}, which is missing"))
             continue
         data["_path"] = str(path)
-        yield data
+        good.append(data)
+    return good, skipped
+
+
+def iter_results(results_root: Path) -> Iterator[dict]:
+    """Every usable result under a results folder (the others are logged; :func:`scan_results` returns them)."""
+    good, skipped = scan_results(results_root)
+    for s in skipped:
+        logger.warning("skipping %s", s.reason)
+    yield from good
 
 
 def elevater_predictions(model_name: str, dataset_name: str, probs, num_params: int | None,

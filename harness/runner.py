@@ -1,11 +1,14 @@
 """Runs evaluations: one model over one or many datasets, resumable, with a summary of what happened.
 
-The model is built once per run, and only when some dataset still needs computing. A dataset whose result is
-finished (and was made from the same model card, dataset card and weights override) is skipped; one whose data is
-missing is listed and the rest still run; one that fails is reported without losing the others' results.
+The model is built once per run, and only when some dataset still needs computing (or to hash seeded random
+weights). A dataset whose stored result has the same run key (harness.runkey) is skipped; one whose data is missing
+is listed and the rest still run; one that fails for any reason (bad image, bad zip, NaN output, out of memory) is
+reported in one line and the others still run. Each result is computed and written under its lock
+(harness.results), so concurrent runs on one results folder never write the same result at once.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -17,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from harness import paths
-from harness.atomic import write_json, write_npy
-from harness.cards import DatasetCard, ModelCard, get_dataset_card, get_model_card, dataset_card_names, content_hash
+from harness.atomic import check_writable_dir, file_lock, remove_stale_temp_files, write_json, write_npy
+from harness.cards import DatasetCard, ModelCard, content_hash, dataset_card_names, get_dataset_card, get_model_card
 from harness.data import MissingDataError, open_eval_data
 from harness.errors import HarnessError
-from harness.results import SCHEMA_VERSION, elevater_predictions, finished_result, result_paths
+from harness.results import (SCHEMA_VERSION, data_file_names, elevater_predictions, finished_result, lock_path,
+                             result_json, stored_schema_version)
+from harness.runkey import RunKey, changed_parts, make_run_key
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +45,7 @@ class EvalOptions:
     results_root: Path | None = None
     save_predictions: bool = True
     progress: bool = True
+    skip_bad_images: bool = False
 
     def resolved_workers(self) -> int:
         if self.workers is not None:
@@ -68,7 +74,9 @@ class RunSummary:
         out = [f"model {self.model}, protocol {self.protocol}: {len(self.done)} evaluated, "
                f"{len(self.skipped)} already done, {len(self.missing)} missing, {len(self.failed)} failed"]
         for name, res in {**self.skipped, **self.done}.items():
-            out.append(f"  {name:34s} {res['metric']:>15s} {res['score']:7.2f}  ({res['n_images']} images)")
+            bad = res.get("skipped_images", {}).get("count")
+            note = f", {bad} unreadable left out" if bad else ""
+            out.append(f"  {name:34s} {res['metric']:>15s} {res['score']:7.2f}  ({res['n_images']} images{note})")
         if self.missing:
             out.append("  missing from the data root: " + ", ".join(sorted(self.missing)))
         if self.not_applicable:
@@ -115,18 +123,41 @@ def _device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def _run_identity(model_card: ModelCard, options: EvalOptions) -> str:
-    return content_hash({"model_card": model_card.card_hash, "weights_override": options.weights})
+def _usable_cache(use_cache: bool) -> bool:
+    """The cache folder is checked up front: unusable degrades to no cache with a warning, never a failed run."""
+    if not use_cache:
+        return False
+    try:
+        folder = check_writable_dir(paths.cache_dir(), "cache folder", "HARNESS_CACHE")
+    except HarnessError as exc:
+        logger.warning("%s Continuing without the classifier cache.", exc)
+        return False
+    remove_stale_temp_files(folder / "classifiers")
+    return True
 
 
-def _remove_stale_temp_files(folder: Path) -> None:
-    """Temp files left by a run killed mid-write (atomic writes never expose them as results)."""
-    for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
-        try:
-            tmp.unlink()
-            logger.debug("removed leftover temp file %s", tmp)
-        except OSError:
-            pass
+def _failure_line(exc: BaseException) -> str:
+    """One line that says what failed and what to do, for the run summary."""
+    if isinstance(exc, HarnessError):
+        return str(exc).replace("\n", " ")
+    name = type(exc).__name__
+    if "OutOfMemory" in name:
+        return f"out of memory ({exc}); lower --batch-size or use --precision amp."
+    return f"{name}: {exc or 'no detail'} (unexpected; rerun with -v for the traceback and report it)."
+
+
+def _weights_sha256(model_card: ModelCard, options: EvalOptions, loaded: Any) -> tuple[str, Any]:
+    """The weights' content hash, whatever way they were given; builds the model only for random weights."""
+    from harness.hashing import file_sha256
+    from harness.models import build_model, resolve_weights
+
+    if loaded is not None:
+        return loaded.weights_identity["sha256"], loaded
+    path = resolve_weights(model_card, options.weights)
+    if path is not None:
+        return file_sha256(path), None
+    loaded = build_model(model_card, options.weights, device=options.resolved_device(), precision=options.precision)
+    return loaded.weights_identity["sha256"], loaded
 
 
 def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, data_root: str | Path,
@@ -136,82 +167,163 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
     model_card = model if isinstance(model, ModelCard) else get_model_card(model)
     names = datasets if datasets is not None else dataset_card_names()
     dataset_cards = [d if isinstance(d, DatasetCard) else get_dataset_card(d) for d in names]
-    results_root = Path(options.results_root or paths.results_dir())
+    results_root = check_writable_dir(Path(options.results_root or paths.results_dir()), "results folder",
+                                      "--results")
+    options = dataclasses.replace(options, use_cache=_usable_cache(options.use_cache))
     summary = RunSummary(model=model_card.name, protocol=options.protocol)
-    run_id = _run_identity(model_card, options)
-    _remove_stale_temp_files(results_root / model_card.name / options.protocol)
+    device = options.resolved_device()
+    single = len(dataset_cards) == 1
+    weights_sha, loaded = _weights_sha256(model_card, options, loaded)
 
-    todo: list[DatasetCard] = []
+    todo: list[tuple[DatasetCard, Any, RunKey]] = []
     for dcard in dataset_cards:
-        if options.protocol == "openclip" and dcard.multilabel and len(dataset_cards) > 1:
+        if options.protocol == "openclip" and dcard.multilabel and not single:
             summary.not_applicable[dcard.name] = "multilabel: the openclip protocol scores top-1/top-5 only"
             continue
-        prev = None if options.force else finished_result(results_root, model_card.name, options.protocol, dcard.name)
-        if prev and prev.get("run_identity") == run_id and prev["dataset"]["card_hash"] == dcard.card_hash:
-            summary.skipped[dcard.name] = prev
-            logger.info("%s: already done (%s), skipping", dcard.name, result_paths(
-                results_root, model_card.name, options.protocol, dcard.name)["json"])
-        else:
-            if prev:
-                logger.info("%s: stored result is stale (card or weights changed), recomputing", dcard.name)
-            todo.append(dcard)
-
-    # Open data first so missing datasets are known before the (possibly slow) model build.
-    opened = []
-    for dcard in todo:
         try:
-            opened.append((dcard, open_eval_data(dcard, data_root)))
+            item = _plan_dataset(model_card, dcard, data_root, options, results_root, weights_sha, device, summary)
         except MissingDataError as exc:
             summary.missing[dcard.name] = str(exc)
             logger.info("%s", exc)
-        except HarnessError as exc:
-            if len(dataset_cards) == 1:
+            continue
+        except Exception as exc:  # one dataset's failure never stops the others
+            if single and isinstance(exc, HarnessError):
                 raise
-            summary.failed[dcard.name] = str(exc)
-            logger.error("%s", exc)
-    if not opened:
+            summary.failed[dcard.name] = _failure_line(exc)
+            logger.error("%s: %s", dcard.name, summary.failed[dcard.name])
+            logger.debug("traceback", exc_info=True)
+            continue
+        if item is not None:
+            todo.append(item)
+    if not todo:
         return summary
 
-    device = options.resolved_device()
     if loaded is None:
         from harness.models import build_model
 
         loaded = build_model(model_card, options.weights, device=device, precision=options.precision)
-    for dcard, data in opened:
+    for dcard, data, key in todo:
         try:
-            result = _evaluate_one(loaded, dcard, data, options, results_root, run_id)
-            summary.done[dcard.name] = result
-        except HarnessError as exc:
-            if len(dataset_cards) == 1:
+            result = _evaluate_locked(loaded, dcard, data, key, options, results_root)
+        except Exception as exc:  # one dataset's failure never stops the others
+            if single and isinstance(exc, HarnessError):
                 raise
-            summary.failed[dcard.name] = str(exc)
-            logger.error("%s: %s", dcard.name, exc)
+            summary.failed[dcard.name] = _failure_line(exc)
+            logger.error("%s: %s", dcard.name, summary.failed[dcard.name])
+            logger.debug("traceback", exc_info=True)
+            continue
+        if result.get("_reused"):
+            summary.skipped[dcard.name] = result
+        else:
+            summary.done[dcard.name] = result
     return summary
 
 
-def _evaluate_one(loaded: Any, dcard: DatasetCard, data: Any, options: EvalOptions, results_root: Path,
-                  run_id: str) -> dict:
-    from harness.zeroshot import evaluate_dataset
+def _plan_dataset(model_card: ModelCard, dcard: DatasetCard, data_root: str | Path, options: EvalOptions,
+                  results_root: Path, weights_sha: str, device: str, summary: RunSummary):
+    """Open the data and decide: (card, data, run key) to compute, or None when a finished result matches."""
+    data = open_eval_data(dcard, data_root)
+    key = make_run_key(model_card, weights_sha, dcard, data.fingerprint(), options.protocol, options.precision,
+                       device, skip_bad_images=options.skip_bad_images)
+    path = result_json(results_root, model_card.name, options.protocol, dcard.name)
+    _refuse_newer(path)
+    if not options.force:
+        prev = finished_result(path, key.hash)
+        if prev is not None:
+            summary.skipped[dcard.name] = prev
+            logger.info("%s: already done (%s), skipping", dcard.name, path)
+            return None
+        stored = finished_result(path)
+        if stored is not None:
+            logger.info("%s: stored result is stale (changed: %s), recomputing", dcard.name,
+                        ", ".join(changed_parts(stored.get("run_key"), key)))
+    return dcard, data, key
+
+
+def _refuse_newer(path: Path) -> None:
+    version = stored_schema_version(path) if path.is_file() else None
+    if version is not None and version > SCHEMA_VERSION:
+        raise HarnessError(f"{path} was written by a newer harness (schema_version {version}, this one writes "
+                           f"{SCHEMA_VERSION}); it is never overwritten, not even with --force. Upgrade the harness, "
+                           f"or write to another --results folder.")
+
+
+def _evaluate_locked(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, options: EvalOptions,
+                     results_root: Path) -> dict:
+    """Compute and write one result while holding its lock; a result another run finished meanwhile is reused."""
+    card = loaded.card
+    path = result_json(results_root, card.name, options.protocol, dcard.name)
+
+    def waiting() -> None:
+        logger.info("%s: another run is computing this result; waiting for it", dcard.name)
+
+    with file_lock(lock_path(results_root, card.name, options.protocol, dcard.name), on_wait=waiting):
+        if not options.force:
+            prev = finished_result(path, key.hash)
+            if prev is not None:
+                logger.info("%s: finished by another run meanwhile, skipping", dcard.name)
+                return {**prev, "_reused": True}
+        _refuse_newer(path)
+        remove_stale_temp_files(path.parent)  # safe: writers of this result hold this lock
+        return _evaluate_one(loaded, dcard, data, key, options, path)
+
+
+def _remove_unlisted_data_files(folder: Path, dataset: str, keep: dict[str, str]) -> None:
+    """Data files of this dataset that the committed JSON does not list (a previous run's, or a killed run's)."""
+    listed = set(keep.values())
+    candidates = [*folder.glob(f"{dataset}.*.probs.npy"), *folder.glob(f"{dataset}.*.predictions.json"),
+                  folder / f"{dataset}.probs.npy", folder / f"{dataset}.predictions.json"]  # schema-1 names
+    for f in candidates:
+        if f.is_file() and f.name not in listed:
+            try:
+                f.unlink()
+            except OSError as exc:
+                logger.warning("could not remove the old file %s (%s)", f, exc)
+
+
+def _evaluate_one(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, options: EvalOptions, path: Path
+                  ) -> dict:
+    import math
+    import secrets
+
+    from harness.zeroshot import NonFiniteOutputError, evaluate_dataset
 
     card = loaded.card
     workers = options.resolved_workers()
     outcome = evaluate_dataset(loaded, dcard, data, options.protocol, options.batch_size, workers,
-                               use_cache=options.use_cache, refresh=options.refresh_cache, progress=options.progress)
+                               use_cache=options.use_cache, refresh=options.refresh_cache, progress=options.progress,
+                               skip_bad_images=options.skip_bad_images)
     spec, preds, values = outcome.spec, outcome.predictions, outcome.metrics
-    cache_key, hit = outcome.classifier_key, outcome.classifier_from_cache
-    p = result_paths(results_root, card.name, options.protocol, dcard.name)
-    write_npy(p["probs"], preds.probs)
-    files = {"probs": p["probs"].name}
+    if not all(math.isfinite(v) for v in values.values()):
+        raise NonFiniteOutputError(f"non-finite metric {values}: check the weights. Nothing was recorded.")
+    folder = path.parent
+    names = data_file_names(dcard.name, f"{key.hash[:8]}{secrets.token_hex(3)}")
+    write_npy(folder / names["probs"], preds.probs)
+    files = {"probs": names["probs"]}
     if options.save_predictions:
         n_params = sum(x.numel() for x in loaded.model.parameters())
         n_visual = sum(x.numel() for x in loaded.model.visual.parameters())
-        write_json(p["predictions"], elevater_predictions(
+        write_json(folder / names["predictions"], elevater_predictions(
             card.elevater.MODEL_NAME if card.elevater else card.name, dcard.elevater.DATASET, preds.probs,
             n_params, n_visual), indent=None)
-        files["predictions"] = p["predictions"].name
+        files["predictions"] = names["predictions"]
+    result = _result_record(loaded, dcard, data, key, options, outcome, files, workers)
+    write_json(path, result)  # the commit point: from here on the new files are the result
+    _remove_unlisted_data_files(folder, dcard.name, files)
+    logger.info("%s: %s = %.2f (%d images, %.1f img/s)", dcard.name, spec.primary_metric, result["score"],
+                preds.n_images, preds.images_per_second)
+    return result
+
+
+def _result_record(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, options: EvalOptions, outcome: Any,
+                   files: dict[str, str], workers: int) -> dict:
+    from harness.runkey import PROTOCOL_VERSIONS
+
+    card = loaded.card
+    spec, preds, values = outcome.spec, outcome.predictions, outcome.metrics
     result = {
         "schema_version": SCHEMA_VERSION,
-        "run_identity": run_id,
+        "run_key": key.to_json(),
         "model": {
             "card": card.name, "card_hash": card.card_hash, "architecture": card.architecture,
             "method": card.method, "base_model": card.base_model, "retrieval_set": card.retrieval_set,
@@ -220,16 +332,18 @@ def _evaluate_one(loaded: Any, dcard: DatasetCard, data: Any, options: EvalOptio
         "dataset": {
             "card": dcard.name, "card_hash": dcard.card_hash, "content_hash": dcard.content_hash,
             "version": dcard.version, "layout": data.layout, "location": data.location, "split": dcard.eval_split,
+            "fingerprint": key.parts["data"],
         },
         "protocol": {
-            "name": spec.name, "text_source": spec.text_source, "n_classes": len(spec.classnames),
-            "n_templates": len(spec.templates), "text_hash": content_hash([spec.classnames, spec.templates]),
-            "transform": spec.transform_desc, "logit_scale": 100.0, "classifier_cache_key": cache_key,
+            "name": spec.name, "version": PROTOCOL_VERSIONS[spec.name], "text_source": spec.text_source,
+            "n_classes": len(spec.classnames), "n_templates": len(spec.templates),
+            "text_hash": content_hash([spec.classnames, spec.templates]), "transform": spec.transform_desc,
+            "logit_scale": 100.0, "classifier_cache_key": outcome.classifier_key,
         },
         "metric": spec.primary_metric,
         "score": round(100.0 * values[spec.primary_metric], 4),
         "metrics": values,
-        "n_images": len(data),
+        "n_images": preds.n_images,
         "files": files,
         "provenance": {
             "packages": _package_versions(),
@@ -239,15 +353,17 @@ def _evaluate_one(loaded: Any, dcard: DatasetCard, data: Any, options: EvalOptio
             "device": loaded.device,
             "device_name": _device_name(loaded.device),
             "precision": loaded.precision,
+            "numerics": key.parts["numerics"],
             "batch_size": options.batch_size,
             "workers": workers,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(preds.seconds, 3),
             "images_per_second": round(preds.images_per_second, 2),
-            "classifier_from_cache": hit,
+            "classifier_from_cache": outcome.classifier_from_cache,
         },
     }
-    write_json(p["json"], result)  # last: its presence marks the result as done
-    logger.info("%s: %s = %.2f (%d images, %.1f img/s)", dcard.name, spec.primary_metric, result["score"],
-                len(data), preds.images_per_second)
+    if preds.skipped:
+        result["skipped_images"] = {"count": len(preds.skipped),
+                                    "ids": [data.image_ids[i] for i in preds.skipped],
+                                    "reasons": preds.skip_reasons}
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -18,6 +18,7 @@ import numpy as np
 from harness import paths
 from harness.atomic import write_torch
 from harness.cards import content_hash
+from harness.errors import HarnessError
 from harness.models.precision import autocast, input_dtype
 
 logger = logging.getLogger(__name__)
@@ -61,14 +62,21 @@ def cached_classifier(loaded: Any, classnames: Sequence[str], templates: Sequenc
     if use_cache and not refresh and path.is_file():
         try:
             weights = torch.load(path, map_location="cpu", weights_only=True)
-            if weights.shape[1] == len(classnames):
+            expected_rows = getattr(getattr(loaded.model, "visual", None), "output_dim", None) or weights.shape[0]
+            if (isinstance(weights, torch.Tensor) and weights.dim() == 2
+                    and tuple(weights.shape) == (expected_rows, len(classnames)) and torch.isfinite(weights).all()):
                 return weights.to(loaded.device), key, True
+            logger.warning("ignoring classifier cache %s: holds %s, expected a (%s, %d) tensor; recomputing", path,
+                           tuple(getattr(weights, "shape", ())), expected_rows, len(classnames))
         except Exception as exc:  # a corrupt cache entry is recomputed, never trusted
-            logger.warning("ignoring unreadable classifier cache %s (%s)", path, exc)
+            logger.warning("ignoring unreadable classifier cache %s (%s); recomputing", path, exc)
     weights = build_classifier(loaded.model, loaded.tokenizer, classnames, templates, loaded.device,
                                loaded.precision, progress)
     if use_cache:
-        write_torch(path, weights.cpu())
+        try:
+            write_torch(path, weights.cpu())
+        except OSError as exc:  # an unwritable cache costs a recomputation next time, never the run
+            logger.warning("could not write the classifier cache %s (%s); continuing without it", path, exc)
     return weights, key, False
 
 
@@ -93,41 +101,76 @@ def _leave_cores_to_workers(device: str, workers: int):
 
 @dataclass
 class Predictions:
-    probs: np.ndarray  # (N, C) float32 softmax probabilities, in dataset order
+    probs: np.ndarray  # (N, C) float32 softmax probabilities of the scored images, in dataset order
     seconds: float
-    n_images: int
+    n_images: int  # images scored
+    skipped: list[int] = field(default_factory=list)  # dataset indices left out (--skip-bad-images)
+    skip_reasons: list[str] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
         return self.n_images / self.seconds if self.seconds > 0 else float("nan")
 
+    def kept(self, n_total: int) -> np.ndarray:
+        """Boolean mask over the dataset of the images that were scored."""
+        mask = np.ones(n_total, dtype=bool)
+        mask[self.skipped] = False
+        return mask
+
+
+class NonFiniteOutputError(HarnessError):
+    pass
+
 
 def predict(model: Any, classifier: Any, batches: Iterable, n_images: int, device: str = "cpu",
-            precision: str = "fp32", progress: Any = None) -> Predictions:
-    """Run images through the image tower and the classifier. ``batches`` yields (images, indices)."""
+            precision: str = "fp32", progress: Any = None, skip_bad_images: bool = False) -> Predictions:
+    """Run images through the image tower and the classifier. ``batches`` yields (images, indices[, errors]) as
+    :class:`harness.data.TransformedDataset` makes them. An unreadable image fails the run with its message,
+    unless ``skip_bad_images``; a non-finite output always fails it (it is never a score)."""
     import torch
+
+    from harness.data import ImageReadError
 
     probs = np.zeros((n_images, classifier.shape[1]), dtype=np.float32)
     seen = np.zeros(n_images, dtype=bool)
+    skipped: dict[int, str] = {}
     dtype = input_dtype(precision)
     amp = autocast(precision, device)
     start = time.perf_counter()
     with torch.inference_mode(), _leave_cores_to_workers(device, getattr(batches, "num_workers", 0)):
-        for images, indices in batches:
+        for batch in batches:
+            images, indices = batch[0], batch[1]
+            errors = batch[2] if len(batch) > 2 else [""] * len(indices)
+            idx = indices.numpy() if hasattr(indices, "numpy") else np.asarray(indices)
+            bad = [(int(i), e) for i, e in zip(idx, errors) if e]
+            if bad and not skip_bad_images:
+                raise ImageReadError(bad[0][1])
+            skipped.update(bad)
             images = images.to(device=device, dtype=dtype, non_blocking=True)
             with amp():
                 features = model.encode_image(images, normalize=True)
             # similarities and softmax in fp32 whatever the tower ran in (bf16 logits would tie)
             logits = LOGIT_SCALE * features.float() @ classifier.float()
-            idx = indices.numpy() if hasattr(indices, "numpy") else np.asarray(indices)
-            probs[idx] = logits.softmax(dim=-1).cpu().numpy()
+            out = logits.softmax(dim=-1).cpu().numpy()
+            good = np.array([not e for e in errors], dtype=bool)
+            if not np.isfinite(out[good]).all():
+                raise NonFiniteOutputError(
+                    "NaN/inf in the model's output: check the weights (a checkpoint holding NaN, or a precision "
+                    f"too low for it; precision here: {precision}). Nothing was recorded.")
+            probs[idx] = out
             seen[idx] = True
             if progress is not None:
                 progress.update(len(idx))
     seconds = time.perf_counter() - start
     if not seen.all():
         raise RuntimeError(f"{int((~seen).sum())} images were never scored")
-    return Predictions(probs=probs, seconds=seconds, n_images=n_images)
+    if skipped and len(skipped) == n_images:
+        raise ImageReadError(f"every image failed to read; the first: {next(iter(skipped.values()))}")
+    order = sorted(skipped)
+    mask = np.ones(n_images, dtype=bool)
+    mask[order] = False
+    return Predictions(probs=probs[mask], seconds=seconds, n_images=int(mask.sum()), skipped=order,
+                       skip_reasons=[skipped[i] for i in order])
 
 
 def make_loader(dataset: Any, batch_size: int, workers: int, device: str = "cpu"):
@@ -150,8 +193,8 @@ class EvalOutcome:
 
 
 def evaluate_dataset(loaded: Any, dataset_card: Any, data: Any, protocol: str = "elevater", batch_size: int = 64,
-                     workers: int = 2, use_cache: bool = True, refresh: bool = False, progress: bool = False
-                     ) -> EvalOutcome:
+                     workers: int = 2, use_cache: bool = True, refresh: bool = False, progress: bool = False,
+                     skip_bad_images: bool = False) -> EvalOutcome:
     """Zero-shot evaluation of a LoadedModel on opened data under a protocol: the one path every caller uses
     (``harness eval``, the cross-check, and the training loop's periodic eval)."""
     from tqdm import tqdm
@@ -168,9 +211,10 @@ def evaluate_dataset(loaded: Any, dataset_card: Any, data: Any, protocol: str = 
     bar = tqdm(total=len(data), desc=f"{loaded.card.name} | {dataset_card.name}", unit="img",
                disable=not progress, leave=False, dynamic_ncols=True)
     try:
-        preds = predict(loaded.model, classifier, loader, len(data), loaded.device, loaded.precision, bar)
+        preds = predict(loaded.model, classifier, loader, len(data), loaded.device, loaded.precision, bar,
+                        skip_bad_images=skip_bad_images)
     finally:
         bar.close()
-    values = metrics.compute(spec.metrics, preds.probs, data.labels)
+    values = metrics.compute(spec.metrics, preds.probs, data.labels[preds.kept(len(data))])
     return EvalOutcome(spec=spec, predictions=preds, metrics=values, classifier_key=key, classifier_from_cache=hit,
                        workers=workers)

@@ -13,12 +13,12 @@ from conftest import REPO
 
 # harness layers, lowest first: a module may import its own layer and the ones before it, never a later one.
 LAYERS = [
-    ("base", ["harness", "harness.errors", "harness.paths", "harness.atomic", "harness.training_log",
-              "harness.cards"]),
+    ("base", ["harness", "harness.errors", "harness.paths", "harness.atomic", "harness.hashing", "harness.network",
+              "harness.training_log", "harness.cards"]),
     ("models", ["harness.models"]),
-    ("data", ["harness.data", "harness.synthetic"]),
+    ("data", ["harness.data", "harness.synthetic", "harness.prepare"]),
     ("engine", ["harness.protocols", "harness.zeroshot", "harness.metrics"]),
-    ("runner", ["harness.results", "harness.runner", "harness.crosscheck"]),
+    ("runner", ["harness.results", "harness.runkey", "harness.runner", "harness.crosscheck"]),
     ("report", ["harness.report"]),
     ("cli", ["harness.cli", "harness.__main__"]),
 ]

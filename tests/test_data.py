@@ -111,7 +111,7 @@ def test_label_out_of_range_and_multiclass_with_two_labels(tmp_path):
     folder = write_iris(card, tmp_path, [0, 1, 2])
     index = folder / "test.txt"
     index.write_text(index.read_text().replace(" 2\n", " 12\n"))
-    with pytest.raises(HarnessError, match="label 12 outside 0..9"):
+    with pytest.raises(HarnessError, match=r"test.txt, line 3: label '12' — expected .* classes 0..9"):
         open_eval_data(card, tmp_path)
     index.write_text(index.read_text().replace(" 12\n", " 1,2\n"))
     with pytest.raises(HarnessError, match="multiclass but image .* has 2 labels"):

@@ -66,7 +66,7 @@ def test_offline_missing_weights_fail_at_once_with_what_to_do(monkeypatch):
             resolve_weights(get_model_card(name))
         assert time.perf_counter() - start < 10
         msg = str(err.value)
-        assert needle in msg and "cannot be reached" in msg
+        assert needle in msg and "HF_HUB_OFFLINE is set" in msg  # the test session runs offline
         assert "--weights" in msg and "HARNESS_WEIGHTS_" in msg and "HARNESS_WEIGHTS_DIR" in msg
 
 
@@ -93,7 +93,7 @@ def test_checkpoint_formats_training_checkpoint_and_module_prefix(tiny_loaded, t
     out = read_state_dict(path)
     assert sorted(out) == sorted(sd) and all(torch.equal(out[k], sd[k]) for k in sd)
     (tmp_path / "junk.pt").write_bytes(b"\x00\x01garbage")
-    with pytest.raises(HarnessError, match="Could not read weights file"):
+    with pytest.raises(HarnessError, match="junk.pt is not a PyTorch checkpoint"):
         read_state_dict(tmp_path / "junk.pt")
 
 

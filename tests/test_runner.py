@@ -46,7 +46,7 @@ def test_result_files_are_complete_and_consistent(demo_run, demo_root, dataset):
     folder = results / "tiny_demo_clip" / "elevater"
     res = json.loads((folder / f"{dataset}.json").read_text())
     card = get_dataset_card(dataset)
-    assert res["schema_version"] == 1
+    assert res["schema_version"] == 2 and res["run_key"]["parts"]["data"]["n_images"] == res["n_images"]
     assert res["dataset"]["content_hash"] == card.content_hash and res["dataset"]["card_hash"] == card.card_hash
     assert res["model"]["weights"]["sha256"] and res["model"]["weights"]["source"] == "random:seed=0"
     prov = res["provenance"]
@@ -78,7 +78,9 @@ def test_rerun_skips_finished_results(demo_run, demo_root):
 def test_a_result_missing_a_listed_file_is_recomputed(demo_root, tmp_path):
     opts = EvalOptions(results_root=tmp_path, progress=False, workers=0)
     evaluate("tiny_demo_clip", ["cifar-10", "kitti-distance"], demo_root, opts)
-    (tmp_path / "tiny_demo_clip" / "elevater" / "cifar-10.probs.npy").unlink()
+    folder = tmp_path / "tiny_demo_clip" / "elevater"
+    listed = json.loads((folder / "cifar-10.json").read_text())["files"]["probs"]
+    (folder / listed).unlink()
     summary = evaluate("tiny_demo_clip", ["cifar-10", "kitti-distance"], demo_root, opts)
     assert list(summary.done) == ["cifar-10"] and list(summary.skipped) == ["kitti-distance"]
 
@@ -114,7 +116,8 @@ def test_resume_after_killed_run_recomputes_only_unfinished(demo_root, tmp_path)
         proc.wait(timeout=30)
     finished = sorted(p.name[:-5] for p in folder.glob("*.json") if not p.name.endswith(".predictions.json"))
     assert "hateful-memes" in finished and "imagenet-1k" not in finished, finished
-    mtimes = {p: p.stat().st_mtime_ns for p in folder.iterdir() if not p.name.startswith(".")}
+    mtimes = {p: p.stat().st_mtime_ns for p in folder.iterdir()
+              if not p.name.startswith(".") and p.suffix != ".lock"}  # a lock file notes its holder
     os.environ["HARNESS_CACHE"], old = str(tmp_path / "cold_cache"), os.environ["HARNESS_CACHE"]
     try:
         summary = evaluate("tiny_demo_clip", None, demo_root, EvalOptions(results_root=results, progress=False))

@@ -128,7 +128,7 @@ def prepare_training(args, setup: RunSetup, prepared: PreparedModel, tokenizer: 
         raise HarnessError("--train-num-samples is required with webdataset shards (img2dataset's stats give it).")
     data = make_train_data(args.train_data, prepared.preprocess_train, tokenizer, args.batch_size,
                            args.train_num_samples, args.workers, world_size=args.world_size, seed=args.seed,
-                           keep_keys=args.debug_rank_stats)
+                           keep_keys=args.debug_rank_stats, rank=args.rank, epoch=prepared.start_epoch)
     scheduler = make_scheduler(args, optimizer, data.num_batches * args.epochs)
     loss_fn = open_clip.ClipLoss(local_loss=args.local_loss, gather_with_grad=args.gather_with_grad,
                                  cache_labels=True, rank=args.rank, world_size=args.world_size)
@@ -182,6 +182,7 @@ def fit(args, setup: RunSetup, training: Training, start_epoch: int, evaluate: C
 
     last_saved = None
     for epoch in range(start_epoch, args.epochs):
+        training.data.set_epoch(epoch)  # the workers' shard and sample order of this epoch (training.data)
         stats = loop.train_one_epoch(training.model, training.data, training.loss_fn, epoch, training.optimizer,
                                      training.scaler, training.scheduler, args, reporter.log, training.rank_stats)
         last_saved = end_epoch(args, setup, training, stats, epoch + 1, evaluate, reporter) or last_saved

@@ -8,7 +8,6 @@ Biases (offline under ``<logs>/<name>/wandb`` when api.wandb.ai cannot be reache
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,9 @@ def open_wandb(args, log_base: Path) -> Any:
         import wandb
     except ImportError as exc:
         raise HarnessError("--report-to wandb needs wandb: pip install -e '.[wandb]'") from exc
-    from harness.models import hub_reachable
+    from harness.network import wandb_offline_if_unreachable
 
-    if "WANDB_MODE" not in os.environ and not hub_reachable("api.wandb.ai"):
-        os.environ["WANDB_MODE"] = "offline"
-        logger.info("wandb: api.wandb.ai unreachable, logging offline to %s (wandb sync later)", log_base)
+    wandb_offline_if_unreachable(str(log_base))
     return wandb.init(project=args.wandb_project_name, name=args.name, id=args.name, dir=str(log_base),
                       resume="allow", config={k: v for k, v in vars(args).items()
                                               if isinstance(v, (int, float, str, bool, type(None)))})

@@ -31,6 +31,8 @@ UNSUPPORTED = {  # OpenCLIP trainer features this trainer does not implement: fa
     "remote_sync": (lambda v: bool(v), "--remote-sync"),
     "torchcompile": (lambda v: bool(v), "--torchcompile"),
     "use_bnb_linear": (lambda v: bool(v), "--use-bnb-linear"),
+    "dataset_resampled": (lambda v: bool(v), "--dataset-resampled"),
+    "train_data_upsampling_factors": (lambda v: bool(v), "--train-data-upsampling-factors"),
 }
 # Third-party loggers kept at WARNING unless --debug, so out.log is about training. "torch" covers TorchDynamo's
 # exit summary ("I1128 ... torch/_dynamo/utils.py] TorchDynamo compilation metrics"), printed at interpreter exit

@@ -109,6 +109,8 @@ def parse_model_card(data: Mapping[str, Any], where: str, path: Path | None = No
     for key in needed:
         if not w.get(key):
             raise HarnessError(f"{where}: weights.source '{source}' needs weights.{key}.")
+    if w.get("seed") is not None:
+        _typed(w["seed"], int, f"{where}: weights.seed")
     weights = WeightsSpec(**{k: (str(v) if k != "seed" and v is not None else v) for k, v in w.items()})
     p = data["preprocess"]
     p_keys = {f.name for f in dataclasses.fields(PreprocessSpec)}

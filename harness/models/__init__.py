@@ -8,7 +8,8 @@ Importing this package imports neither torch nor open_clip; the functions below 
 from __future__ import annotations
 
 from harness.models.build import LoadedModel, build_model, state_dict_sha256
-from harness.models.weights import (file_sha256, hub_reachable, load_weights_strict, read_state_dict,
+from harness.hashing import file_sha256
+from harness.models.weights import (hub_reachable, load_weights_strict, read_state_dict,
                                     read_weights_file, resolve_weights, state_dict_from)
 
 __all__ = ["LoadedModel", "build_model", "file_sha256", "hub_reachable", "load_weights_strict", "read_state_dict",

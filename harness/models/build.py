@@ -39,7 +39,8 @@ def build_model(card: ModelCard, weights: str | os.PathLike | None = None, devic
     import torch
 
     from harness.models import factory, precision as prec
-    from harness.models.weights import file_sha256, load_weights_strict, read_state_dict, resolve_weights
+    from harness.hashing import file_sha256
+    from harness.models.weights import load_weights_strict, read_state_dict, resolve_weights
 
     path = resolve_weights(card, weights)
     pp = card.preprocess

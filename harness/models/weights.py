@@ -10,21 +10,18 @@ Offline, a file that is not on disk fails at once with where it looked and how t
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-import socket
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import paths
 from harness.cards import ModelCard
+from harness.network import hub_endpoint, hub_reachable, offline_mode
 from harness.errors import HarnessError
 
 logger = logging.getLogger(__name__)
 
-HF_HOST = "huggingface.co"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -35,21 +32,11 @@ def weights_env_var(card_name: str) -> str:
     return "HARNESS_WEIGHTS_" + re.sub(r"[^0-9A-Za-z]", "_", card_name).upper()
 
 
-def hub_reachable(host: str = HF_HOST, timeout: float = 3.0) -> bool:
-    """True when a TCP connection to the hub opens quickly; offline this answers at once (DNS fails)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _offline_error(card: ModelCard, what: str, looked: list[str]) -> HarnessError:
     file_name = card.weights.file or f"{card.name}.pt"
     return HarnessError(
-        f"Weights for model card '{card.name}' ({what}) are not on this machine and {HF_HOST} cannot be reached.\n"
+        f"Weights for model card '{card.name}' ({what}) are not on this machine and "
+        f"{'HF_HUB_OFFLINE is set' if offline_mode() else hub_endpoint() + ' cannot be reached'}.\n"
         f"Looked in: " + "; ".join(looked) + "\n"
         f"To use a local copy: pass --weights /path/to/file, or set {weights_env_var(card.name)}=/path/to/file, or put "
         f"the file in a folder named by HARNESS_WEIGHTS_DIR as '{file_name}'.")
@@ -140,39 +127,44 @@ def resolve_weights(card: ModelCard, override: str | os.PathLike | None = None) 
     return Path(path)
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a weights file, memoised in the cache folder by (path, size, mtime) so big files hash once."""
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:24]
-    memo = paths.cache_dir() / "sha256" / key
-    if memo.is_file():
-        return memo.read_text().strip()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(digest)
-        os.replace(tmp, memo)
-    except OSError:  # a read-only cache folder only costs a re-hash next time
-        pass
-    return digest
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # state dicts
 
+WEIGHTS_FORMATS = "a PyTorch checkpoint (torch.save: zip archive or legacy pickle), a TorchScript archive or a " \
+                  "safetensors file"
+
+
+def _sniff_format(path: Path) -> str | None:
+    """'zip', 'pickle' or 'safetensors' from a file's first bytes; None for anything else."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] in range(2, 6):
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{":
+        return "safetensors"
+    return None
+
+
 def read_weights_file(path: Path) -> Any:
     """The object stored in a weights file (safetensors, torch.load with weights_only, or a TorchScript archive's
-    state dict), read once; errors name the file."""
+    state dict), read once; errors name the file and say what it is not."""
     import torch
 
     path = Path(path)
     try:
-        if path.suffix == ".safetensors":
+        kind = "safetensors" if path.suffix == ".safetensors" else _sniff_format(path)
+    except OSError as exc:
+        raise HarnessError(f"Could not read weights file {path}: {exc.strerror or exc}.") from exc
+    if kind is None:
+        with open(path, "rb") as f:
+            head = f.read(24)
+        raise HarnessError(f"Weights file {path} is not {WEIGHTS_FORMATS} (it starts with {head!r}). A download "
+                           f"that saved an error page, or the wrong file: fetch it again or point --weights at "
+                           f"the checkpoint.")
+    try:
+        if kind == "safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
@@ -183,7 +175,10 @@ def read_weights_file(path: Path) -> Any:
                 raise
             return torch.jit.load(str(path), map_location="cpu").state_dict()
     except Exception as exc:
-        raise HarnessError(f"Could not read weights file {path}: {exc}") from exc
+        first = next((line for line in str(exc).splitlines() if line.strip()), "") or type(exc).__name__
+        raise HarnessError(f"Weights file {path} looks like a {kind} file but could not be read "
+                           f"({type(exc).__name__}: {first[:300]}). It may be truncated or damaged: fetch it again. "
+                           f"Expected {WEIGHTS_FORMATS}.") from exc
 
 
 def state_dict_from(obj: Any, source: str) -> dict:

@@ -21,7 +21,7 @@ from harness import training_log
 from harness.cards import IMAGENET, DatasetCard, ModelCard, Suite, all_dataset_cards, all_model_cards, \
     load_model_card, load_suites, method_rank
 from harness.errors import HarnessError
-from harness.results import iter_results
+from harness.results import iter_results, scan_results
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -143,15 +143,41 @@ def with_published(df: "pd.DataFrame", cards: dict[str, ModelCard]) -> "pd.DataF
 # ----------------------------------------------------------------------------------------------------------------------
 # cross-checks and training logs
 
+CROSSCHECK_KEYS = ("model", "threshold", "datasets")
+
+
+def _read_crosscheck(path: Path) -> dict:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or any(k not in data for k in CROSSCHECK_KEYS) or \
+            not isinstance(data["datasets"], dict):
+        raise ValueError(f"not a cross-check result (expected an object with {', '.join(CROSSCHECK_KEYS)})")
+    return data
+
+
 def load_crosschecks(run_sets: list[tuple[str, Path]]) -> list[tuple[str, dict]]:
-    """(run set label, crosscheck.json contents) for every cross-check in the run sets' folders."""
+    """(run set label, crosscheck.json contents) for every usable cross-check in the run sets' folders."""
     out = []
     for label, folder in run_sets:
         for path in sorted(Path(folder).glob("*/crosscheck.json")):
             try:
-                out.append((label, json.loads(path.read_text(encoding="utf-8"))))
-            except (OSError, json.JSONDecodeError) as exc:
+                out.append((label, _read_crosscheck(path)))
+            except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
                 logger.warning("skipping %s: %s", path, exc)
+    return out
+
+
+def unusable_files(run_sets: list[tuple[str, Path]]) -> list[tuple[str, str]]:
+    """(run set label, why) for every result or cross-check file a report leaves out: listed, never hidden."""
+    out = []
+    for label, folder in run_sets:
+        if not Path(folder).is_dir():
+            continue
+        out += [(label, s.reason) for s in scan_results(folder)[1]]
+        for path in sorted(Path(folder).glob("*/crosscheck.json")):
+            try:
+                _read_crosscheck(path)
+            except (OSError, ValueError) as exc:
+                out.append((label, f"{path}: {exc}"))
     return out
 
 

@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING
 from harness.atomic import atomic_write
 from harness.cards import ELEVATER_SUITE, ModelCard, get_suite
 from harness.report.collect import (PAPER_LABEL, RESULT_ORDER, ReportInputs, collect, dataset_columns,
-                                    load_crosschecks, load_training_runs, model_cards, published_frame)
+                                    load_crosschecks, load_training_runs, model_cards, published_frame,
+                                    unusable_files)
 from harness.report.plots import gain_plots, published_scatter, slug, training_plots
 from harness.report.tables import (MISSING, Table, crosscheck_table, measured_vs_published_table, per_method_tables,
-                                   per_model_tables, react_comparison_tables, training_table)
+                                   per_model_tables, react_comparison_tables, training_table,
+                                   unusable_files_table)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,6 +141,9 @@ def build(inputs: ReportInputs, out_root: Path, generated_at: str | None = None)
         ("Cross-check: OpenCLIP vs ELEVATER protocol", [crosscheck_table(lbl, cc) for lbl, cc in crosschecks]),
         ("Training", [training_table(runs)] if runs else []),
     ]
+    problems = unusable_files(inputs.run_sets)
+    if problems:
+        sections.append(("Result files not used", [unusable_files_table(problems)]))
     for other in sorted(set(df.protocol) - {inputs.protocol}):
         sections.insert(1, (f"Results per model ({other} protocol)", per_model_tables(df, datasets, suite, other)))
     plots: dict[str, bytes] = {}

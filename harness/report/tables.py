@@ -183,6 +183,13 @@ def crosscheck_table(label: str, cc: dict) -> Table:
                   "what differs (from the cards)"], rows, note=note)
 
 
+def unusable_files_table(problems: list[tuple[str, str]]) -> Table:
+    """Result files the report could not use, with why (malformed, older or newer schema, missing data files)."""
+    return Table("Result files not used", ["run set", "why"], [[label, why] for label, why in problems],
+                 note="These files are left out of every table above. A newer schema_version needs a newer harness; "
+                      "an older one is replaced by the next eval of that model and dataset.")
+
+
 def training_table(runs: list[TrainingRun]) -> Table:
     """One row per training run: epochs, first and last epoch's mean loss, the last eval with a top-1 accuracy."""
     rows = []

@@ -2,15 +2,11 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from harness.errors import HarnessError
 from harness.report.collect import ReportInputs, collect
 
 logger = logging.getLogger(__name__)
-
-WANDB_HOST = "api.wandb.ai"
-
 
 def log_to_wandb(inputs: ReportInputs, project: str = "react-elevater") -> str:
     """Log every result as a wandb Table (offline when the wandb server is unreachable); returns the run dir."""
@@ -18,11 +14,9 @@ def log_to_wandb(inputs: ReportInputs, project: str = "react-elevater") -> str:
         import wandb
     except ImportError as exc:
         raise HarnessError("--report-to wandb needs wandb: pip install -e '.[wandb]'") from exc
-    from harness.models import hub_reachable
+    from harness.network import wandb_offline_if_unreachable
 
-    if "WANDB_MODE" not in os.environ and not hub_reachable(WANDB_HOST):
-        os.environ["WANDB_MODE"] = "offline"
-        logger.info("wandb: server unreachable, logging offline (wandb sync later)")
+    wandb_offline_if_unreachable()
     df = collect(inputs)
     run = wandb.init(project=project, name=f"report-{inputs.name}", job_type="report", reinit=True)
     try:
