@@ -36,6 +36,11 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the classifier cache")
     p.add_argument("--refresh-cache", action="store_true", help="recompute and overwrite cached classifiers")
     p.add_argument("--force", action="store_true", help="recompute results that are already finished")
+    if p.prog.split()[-1] != "crosscheck":  # the cross-check runs each protocol with its own numerics
+        p.add_argument("--numerics", choices=("toolkit", "openclip"), default=None,
+                       help="whose model code computes the forward pass: the ELEVATER toolkit's (its LayerNorm; "
+                            "default under --protocol elevater for cards with an elevater section) or OpenCLIP's "
+                            "(default under --protocol openclip)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave unreadable images out instead of failing the dataset; the result records how many and "
                         "which (the score is then over fewer images than the test set)")
@@ -172,7 +177,7 @@ def _options(args):
                        workers=args.workers, device=args.device, precision=args.precision,
                        use_cache=not args.no_cache, refresh_cache=args.refresh_cache, force=args.force,
                        results_root=args.results, save_predictions=not args.no_predictions_json,
-                       skip_bad_images=args.skip_bad_images,
+                       skip_bad_images=args.skip_bad_images, numerics=getattr(args, "numerics", None),
                        progress=not args.no_progress and sys.stderr.isatty())
 
 

@@ -1,13 +1,16 @@
-"""Cross-check: the same weights and data under the ELEVATER and the OpenCLIP protocol, side by side.
+"""Cross-check: the REACT README's comparison — ELEVATER (the toolkit's protocol with the toolkit's numerics) against
+OpenCLIP (open_clip_train's zero-shot with OpenCLIP's numerics), on the same weights and data.
 
-Both protocols run through the one engine (their results land in the usual results folders, so reruns resume);
-the comparison is top-1 accuracy, which both report for every multiclass dataset. What differs between the two
-protocols is derived from the protocol specs built from the cards — text source, class names, templates,
-preprocessing, precision — not written by hand. The REACT README claims < 0.1 point for almost all cases; a
-difference above ``THRESHOLD`` is flagged.
+Both runs go through the one engine and land in the usual results folders (so reruns resume). Per dataset both
+protocols can score (multiclass), the comparison reports: the ELEVATER metric (the card's) and top-1 accuracy under
+both, Δ top-1 (OpenCLIP − ELEVATER), the top-1 agreement of the two predictions (%), the largest |Δ probability|,
+and what differs between the two runs — numerics, preprocessing, text, precision — computed from the protocol
+specs and the results, not written by hand. The REACT README reports < 0.1 point for almost all cases; a Δ above
+``THRESHOLD`` is flagged.
 
-Output: ``<results>/<model>/crosscheck.json`` (schema_version 1): {model, threshold, datasets: {name: {elevater,
-openclip, delta, flagged, n_images, differences: [...]}}}.
+Output: ``<results>/<model>/crosscheck.json`` (schema_version 2): {model, threshold, datasets: {name: {elevater:
+{metric, score, accuracy, numerics, precision}, openclip: {accuracy, numerics, precision}, delta, flagged,
+agreement, max_abs_dprob, n_images, differences: [...]}}, skipped_multilabel, missing, failed}.
 """
 from __future__ import annotations
 
@@ -22,27 +25,28 @@ from harness.cards import DatasetCard, ModelCard, dataset_card_names, get_datase
 logger = logging.getLogger(__name__)
 
 THRESHOLD = 0.1  # points of top-1 accuracy
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
-def protocol_differences(model_card: ModelCard, dataset_card: DatasetCard, preprocess_val: Any,
-                         precisions: tuple[str, str]) -> list[str]:
-    """What the two protocols do differently for this model and dataset, computed from their specs."""
+def protocol_differences(model_card: ModelCard, dataset_card: DatasetCard, preprocess_val: Any, ev: dict,
+                         oc: dict) -> list[str]:
+    """What the two runs did differently for this model and dataset: numerics and precision from their results,
+    text and preprocessing from the protocol specs."""
     from harness.protocols import make_protocol
 
-    ev = make_protocol("elevater", model_card, dataset_card, preprocess_val)
-    oc = make_protocol("openclip", model_card, dataset_card, preprocess_val)
+    evs = make_protocol("elevater", model_card, dataset_card, preprocess_val)
+    ocs = make_protocol("openclip", model_card, dataset_card, preprocess_val)
     out: list[str] = []
-    if ev.classnames != oc.classnames:
-        changed = sum(a != b for a, b in zip(ev.classnames, oc.classnames))
-        out.append(f"class names: {changed} of {len(ev.classnames)} differ ({ev.text_source} vs {oc.text_source})")
+    if evs.classnames != ocs.classnames:
+        changed = sum(a != b for a, b in zip(evs.classnames, ocs.classnames))
+        out.append(f"class names: {changed} of {len(evs.classnames)} differ ({evs.text_source} vs {ocs.text_source})")
     else:
-        out.append(f"class names: identical ({len(ev.classnames)})")
-    if list(ev.templates) != list(oc.templates):
-        common = len(set(ev.templates) & set(oc.templates))
-        out.append(f"templates: {len(ev.templates)} vs {len(oc.templates)}, {common} in common")
+        out.append(f"class names: identical ({len(evs.classnames)})")
+    if list(evs.templates) != list(ocs.templates):
+        common = len(set(evs.templates) & set(ocs.templates))
+        out.append(f"templates: {len(evs.templates)} vs {len(ocs.templates)}, {common} in common")
     else:
-        out.append(f"templates: identical ({len(ev.templates)})")
+        out.append(f"templates: identical ({len(evs.templates)})")
     pp = model_card.preprocess
     ev_interp = "bicubic"
     if pp.interpolation != ev_interp:
@@ -54,7 +58,10 @@ def protocol_differences(model_card: ModelCard, dataset_card: DatasetCard, prepr
         out.append(f"resize: elevater shorter side + center crop, openclip resize mode '{pp.resize_mode}'")
     else:
         out.append("preprocessing: identical (shorter side, bicubic, center crop, card mean/std)")
-    ev_prec, oc_prec = precisions
+    ev_num, oc_num = ev["provenance"].get("numerics"), oc["provenance"].get("numerics")
+    out.insert(0, f"numerics: identical ({ev_num})" if ev_num == oc_num else
+               f"numerics: elevater = {ev_num}; openclip = {oc_num}")
+    ev_prec, oc_prec = ev["provenance"]["precision"], oc["provenance"]["precision"]
     out.append(f"precision: {ev_prec} in both runs" if ev_prec == oc_prec else
                f"precision: elevater {ev_prec}, openclip {oc_prec}")
     return out
@@ -74,39 +81,67 @@ def crosscheck(model: str | ModelCard, datasets: list[str] | None, data_root: st
     results_root = Path(options.results_root or paths.results_dir())
     loaded = build_model(model_card, options.weights, device=options.resolved_device(), precision=options.precision)
     summaries = {}
-    for protocol in ("elevater", "openclip"):
-        opts = EvalOptions(**{**options.__dict__, "protocol": protocol})
+    for protocol in ("elevater", "openclip"):  # each with its own numerics: the toolkit's, OpenCLIP's
+        opts = EvalOptions(**{**options.__dict__, "protocol": protocol, "numerics": None})
         summaries[protocol] = evaluate(model_card, runnable, data_root, opts, loaded=loaded)
     out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "model": model_card.name, "threshold": THRESHOLD,
-                           "precision": options.precision, "datasets": {},
-                           "skipped_multilabel": [c.name for c in cards if c.multilabel],
-                           "missing": sorted(summaries["elevater"].missing)}
+                           "datasets": {}, "skipped_multilabel": [c.name for c in cards if c.multilabel],
+                           "missing": sorted(summaries["elevater"].missing),
+                           "failed": {**summaries["openclip"].failed, **summaries["elevater"].failed}}
     for card in runnable:
         ev = summaries["elevater"].done.get(card.name) or summaries["elevater"].skipped.get(card.name)
         oc = summaries["openclip"].done.get(card.name) or summaries["openclip"].skipped.get(card.name)
-        if not ev or not oc:
-            continue
-        a, b = 100 * ev["metrics"]["accuracy"], 100 * oc["metrics"]["accuracy"]
-        out["datasets"][card.name] = {
-            "metric": "accuracy", "elevater": round(a, 4), "openclip": round(b, 4), "delta": round(b - a, 4),
-            "flagged": abs(b - a) > THRESHOLD, "n_images": ev["n_images"],
-            "differences": protocol_differences(model_card, card, loaded.preprocess_val,
-                                                (ev["provenance"]["precision"], oc["provenance"]["precision"])),
-        }
+        if ev and oc:
+            out["datasets"][card.name] = compare(model_card, card, loaded.preprocess_val, ev, oc, results_root)
     write_json(results_root / model_card.name / "crosscheck.json", out)
     return out
 
 
+def _probs(result: dict, results_root: Path) -> Any:
+    import numpy as np
+
+    from harness.results import result_json
+
+    path = result_json(results_root, result["model"]["card"], result["protocol"]["name"], result["dataset"]["card"])
+    return np.load(path.parent / result["files"]["probs"])
+
+
+def compare(model_card: ModelCard, card: DatasetCard, preprocess_val: Any, ev: dict, oc: dict,
+            results_root: Path) -> dict:
+    """One dataset's row: scores, Δ, agreement, max |Δp| and the differences that explain them."""
+    import numpy as np
+
+    a, b = 100 * ev["metrics"]["accuracy"], 100 * oc["metrics"]["accuracy"]
+    pe, po = _probs(ev, results_root), _probs(oc, results_root)
+    same_shape = pe.shape == po.shape
+    return {
+        "elevater": {"metric": ev["metric"], "score": ev["score"], "accuracy": round(a, 4),
+                     "numerics": ev["provenance"].get("numerics"), "precision": ev["provenance"]["precision"]},
+        "openclip": {"accuracy": round(b, 4), "numerics": oc["provenance"].get("numerics"),
+                     "precision": oc["provenance"]["precision"]},
+        "delta": round(b - a, 4), "flagged": abs(b - a) > THRESHOLD, "n_images": ev["n_images"],
+        "agreement": round(100 * float((pe.argmax(1) == po.argmax(1)).mean()), 4) if same_shape else None,
+        "max_abs_dprob": float(np.abs(pe - po).max()) if same_shape else None,
+        "differences": protocol_differences(model_card, card, preprocess_val, ev, oc),
+    }
+
+
 def crosscheck_lines(result: dict) -> list[str]:
-    lines = [f"cross-check {result['model']}: openclip - elevater top-1, flagged when |delta| > "
-             f"{result['threshold']} point"]
+    lines = [f"cross-check {result['model']}: ELEVATER (toolkit protocol + numerics) vs OpenCLIP (open_clip_train "
+             f"zero-shot + numerics); top-1, flagged when |delta| > {result['threshold']} point"]
     for name, row in result["datasets"].items():
         flag = "  <-- |delta| > threshold" if row["flagged"] else ""
-        lines.append(f"  {name:34s} elevater {row['elevater']:7.2f}  openclip {row['openclip']:7.2f}  "
-                     f"delta {row['delta']:+6.2f}{flag}")
+        agree = f"{row['agreement']:6.2f}%" if row.get("agreement") is not None else "   n/a"
+        dprob = f"{row['max_abs_dprob']:.2e}" if row.get("max_abs_dprob") is not None else "n/a"
+        lines.append(f"  {name:34s} elevater {row['elevater']['accuracy']:7.2f}  openclip "
+                     f"{row['openclip']['accuracy']:7.2f}  delta {row['delta']:+6.2f}  agree {agree}  "
+                     f"max|dp| {dprob}{flag}")
+        lines.append(f"  {'':34s} {row['differences'][0]}")
     if result.get("skipped_multilabel"):
         lines.append("  not comparable (multilabel, openclip scores top-1 only): "
                      + ", ".join(result["skipped_multilabel"]))
     if result.get("missing"):
         lines.append(f"  missing from the data root: {', '.join(result['missing'])}")
+    for name, why in (result.get("failed") or {}).items():
+        lines.append(f"  FAILED {name}: {why}")
     return lines

@@ -46,6 +46,7 @@ class EvalOptions:
     save_predictions: bool = True
     progress: bool = True
     skip_bad_images: bool = False
+    numerics: str | None = None  # "toolkit" / "openclip"; None: the protocol's (harness.models.numerics)
 
     def resolved_workers(self) -> int:
         if self.workers is not None:
@@ -146,6 +147,19 @@ def _failure_line(exc: BaseException) -> str:
     return f"{name}: {exc or 'no detail'} (unexpected; rerun with -v for the traceback and report it)."
 
 
+def _with_numerics(options: EvalOptions, model_card: ModelCard, device: str) -> EvalOptions:
+    """Resolve the numerics (the protocol's unless --numerics says otherwise); the toolkit's clip-package rule
+    runs OpenAI-named models in fp16 on CUDA, which is then this run's precision."""
+    from harness.models.numerics import default_numerics, plan
+
+    name = options.numerics or default_numerics(options.protocol, model_card)
+    nplan = plan(name, model_card, device)
+    if nplan.fp16_on_cuda and options.precision == "fp32":
+        logger.info("toolkit numerics for %s on CUDA: fp16 weights, as the clip package runs it", model_card.name)
+        options = dataclasses.replace(options, precision="fp16")
+    return dataclasses.replace(options, numerics=name)
+
+
 def _weights_sha256(model_card: ModelCard, options: EvalOptions, loaded: Any) -> tuple[str, Any]:
     """The weights' content hash, whatever way they were given; builds the model only for random weights."""
     from harness.hashing import file_sha256
@@ -172,6 +186,7 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
     options = dataclasses.replace(options, use_cache=_usable_cache(options.use_cache))
     summary = RunSummary(model=model_card.name, protocol=options.protocol)
     device = options.resolved_device()
+    options = _with_numerics(options, model_card, device)
     single = len(dataset_cards) == 1
     weights_sha, loaded = _weights_sha256(model_card, options, loaded)
 
@@ -223,8 +238,11 @@ def _plan_dataset(model_card: ModelCard, dcard: DatasetCard, data_root: str | Pa
                   results_root: Path, weights_sha: str, device: str, summary: RunSummary):
     """Open the data and decide: (card, data, run key) to compute, or None when a finished result matches."""
     data = open_eval_data(dcard, data_root)
+    from harness.models.numerics import plan
+
     key = make_run_key(model_card, weights_sha, dcard, data.fingerprint(), options.protocol, options.precision,
-                       device, skip_bad_images=options.skip_bad_images)
+                       device, numerics=plan(options.numerics, model_card, device).key,
+                       skip_bad_images=options.skip_bad_images)
     path = result_json(results_root, model_card.name, options.protocol, dcard.name)
     _refuse_newer(path)
     if not options.force:
@@ -292,7 +310,7 @@ def _evaluate_one(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, optio
     workers = options.resolved_workers()
     outcome = evaluate_dataset(loaded, dcard, data, options.protocol, options.batch_size, workers,
                                use_cache=options.use_cache, refresh=options.refresh_cache, progress=options.progress,
-                               skip_bad_images=options.skip_bad_images)
+                               skip_bad_images=options.skip_bad_images, numerics=options.numerics)
     spec, preds, values = outcome.spec, outcome.predictions, outcome.metrics
     if not all(math.isfinite(v) for v in values.values()):
         raise NonFiniteOutputError(f"non-finite metric {values}: check the weights. Nothing was recorded.")
@@ -353,7 +371,7 @@ def _result_record(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, opti
             "device": loaded.device,
             "device_name": _device_name(loaded.device),
             "precision": loaded.precision,
-            "numerics": key.parts["numerics"],
+            "numerics": outcome.numerics.description,
             "batch_size": options.batch_size,
             "workers": workers,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

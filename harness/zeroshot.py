@@ -37,18 +37,19 @@ def build_classifier(model: Any, tokenizer: Any, classnames: Sequence[str], temp
 
 
 def classifier_cache_key(weights_sha256: str, architecture: str, quick_gelu: bool, classnames: Sequence[str],
-                         templates: Sequence[str], precision: str) -> str:
+                         templates: Sequence[str], precision: str, numerics: str = "openclip") -> str:
     import open_clip
 
     return content_hash({
         "weights": weights_sha256, "arch": architecture, "quick_gelu": quick_gelu, "classnames": list(classnames),
         "templates": list(templates), "precision": precision, "open_clip": open_clip.__version__,
-        "builder": "open_clip.build_zero_shot_classifier/v1",
+        "builder": "open_clip.build_zero_shot_classifier/v1", "numerics": numerics,
     })
 
 
 def cached_classifier(loaded: Any, classnames: Sequence[str], templates: Sequence[str], use_cache: bool = True,
-                      refresh: bool = False, progress: bool = False, cache_root: Path | None = None):
+                      refresh: bool = False, progress: bool = False, cache_root: Path | None = None,
+                      numerics: str = "openclip"):
     """Classifier for a LoadedModel, cached on disk under a content hash of everything that changes it.
 
     Returns (weights, cache key, whether it came from the cache).
@@ -57,7 +58,7 @@ def cached_classifier(loaded: Any, classnames: Sequence[str], templates: Sequenc
 
     card = loaded.card
     key = classifier_cache_key(loaded.weights_identity["sha256"], card.architecture, card.preprocess.quick_gelu,
-                               classnames, templates, loaded.precision)
+                               classnames, templates, loaded.precision, numerics)
     path = (cache_root or paths.cache_dir()) / "classifiers" / f"{key}.pt"
     if use_cache and not refresh and path.is_file():
         try:
@@ -190,31 +191,37 @@ class EvalOutcome:
     classifier_key: str
     classifier_from_cache: bool
     workers: int
+    numerics: Any = None  # harness.models.numerics.NumericsPlan
 
 
 def evaluate_dataset(loaded: Any, dataset_card: Any, data: Any, protocol: str = "elevater", batch_size: int = 64,
                      workers: int = 2, use_cache: bool = True, refresh: bool = False, progress: bool = False,
-                     skip_bad_images: bool = False) -> EvalOutcome:
+                     skip_bad_images: bool = False, numerics: str | None = None) -> EvalOutcome:
     """Zero-shot evaluation of a LoadedModel on opened data under a protocol: the one path every caller uses
-    (``harness eval``, the cross-check, and the training loop's periodic eval)."""
+    (``harness eval``, the cross-check, and the training loop's periodic eval). ``numerics`` (default: the
+    protocol's, see harness.models.numerics) decides whose model code computes the forward pass."""
     from tqdm import tqdm
 
     from harness import metrics
     from harness.data import TransformedDataset
+    from harness.models.numerics import default_numerics, numerics_applied, plan
     from harness.protocols import make_protocol
 
     spec = make_protocol(protocol, loaded.card, dataset_card, loaded.preprocess_val)
-    classifier, key, hit = cached_classifier(loaded, spec.classnames, spec.templates, use_cache=use_cache,
-                                             refresh=refresh)
-    logger.info("%s: classifier %s (%s)", dataset_card.name, key, "cache" if hit else "computed")
-    loader = make_loader(TransformedDataset(data, spec.transform), batch_size, workers, loaded.device)
-    bar = tqdm(total=len(data), desc=f"{loaded.card.name} | {dataset_card.name}", unit="img",
-               disable=not progress, leave=False, dynamic_ncols=True)
-    try:
-        preds = predict(loaded.model, classifier, loader, len(data), loaded.device, loaded.precision, bar,
-                        skip_bad_images=skip_bad_images)
-    finally:
-        bar.close()
+    nplan = plan(numerics or default_numerics(protocol, loaded.card), loaded.card, loaded.device)
+    with numerics_applied(loaded.model, nplan):
+        classifier, key, hit = cached_classifier(loaded, spec.classnames, spec.templates, use_cache=use_cache,
+                                                 refresh=refresh, numerics=nplan.key)
+        logger.info("%s: classifier %s (%s), numerics %s", dataset_card.name, key, "cache" if hit else "computed",
+                    nplan.key)
+        loader = make_loader(TransformedDataset(data, spec.transform), batch_size, workers, loaded.device)
+        bar = tqdm(total=len(data), desc=f"{loaded.card.name} | {dataset_card.name}", unit="img",
+                   disable=not progress, leave=False, dynamic_ncols=True)
+        try:
+            preds = predict(loaded.model, classifier, loader, len(data), loaded.device, loaded.precision, bar,
+                            skip_bad_images=skip_bad_images)
+        finally:
+            bar.close()
     values = metrics.compute(spec.metrics, preds.probs, data.labels[preds.kept(len(data))])
     return EvalOutcome(spec=spec, predictions=preds, metrics=values, classifier_key=key, classifier_from_cache=hit,
-                       workers=workers)
+                       workers=workers, numerics=nplan)

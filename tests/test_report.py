@@ -141,8 +141,11 @@ def test_crosscheck_json_and_report_section(setup):
     for name, r in cc["datasets"].items():
         ev = json.loads((setup["results"] / "tiny_demo_clip" / "elevater" / f"{name}.json").read_text())
         oc = json.loads((setup["results"] / "tiny_demo_clip" / "openclip" / f"{name}.json").read_text())
-        assert r["elevater"] == pytest.approx(100 * ev["metrics"]["accuracy"])
-        assert r["openclip"] == pytest.approx(100 * oc["metrics"]["accuracy"])
+        assert r["elevater"]["accuracy"] == pytest.approx(100 * ev["metrics"]["accuracy"])
+        assert r["openclip"]["accuracy"] == pytest.approx(100 * oc["metrics"]["accuracy"])
+        assert r["elevater"]["score"] == ev["score"] and r["elevater"]["metric"] == ev["metric"]
+        # tiny_demo_clip names no toolkit model: both runs use OpenCLIP's code
+        assert r["differences"][0] == f"numerics: identical ({ev['provenance']['numerics']})"
         assert r["flagged"] == (abs(r["delta"]) > 0.1)
     kitti = " ".join(cc["datasets"]["kitti-distance"]["differences"])
     assert "squashes to 32x32 (CENTER_CROP false)" in kitti

@@ -146,11 +146,17 @@ def with_published(df: "pd.DataFrame", cards: dict[str, ModelCard]) -> "pd.DataF
 CROSSCHECK_KEYS = ("model", "threshold", "datasets")
 
 
+CROSSCHECK_SCHEMA = 2
+
+
 def _read_crosscheck(path: Path) -> dict:
     data = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(data, dict) or any(k not in data for k in CROSSCHECK_KEYS) or \
             not isinstance(data["datasets"], dict):
         raise ValueError(f"not a cross-check result (expected an object with {', '.join(CROSSCHECK_KEYS)})")
+    if data.get("schema_version") != CROSSCHECK_SCHEMA:
+        raise ValueError(f"cross-check schema_version {data.get('schema_version')!r}, this harness reads "
+                         f"{CROSSCHECK_SCHEMA}: rerun `python -m harness crosscheck` for this model")
     return data
 
 

@@ -112,7 +112,7 @@ def results_csv(df: "pd.DataFrame", cards: dict[str, ModelCard], crosschecks: li
     pub["metric"] = "accuracy"
     extra = [pub] if not pub.empty else []
     cc_rows = [{"run_set": f"{label} (cross-check)", "model": cc["model"], "protocol": proto, "dataset": ds,
-                "metric": "accuracy", "score": r[proto], "n_images": r["n_images"]}
+                "metric": "accuracy", "score": r[proto]["accuracy"], "n_images": r["n_images"]}
                for label, cc in crosschecks for ds, r in sorted(cc["datasets"].items())
                for proto in ("elevater", "openclip")]
     if cc_rows:
