@@ -95,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-to", choices=("none", "wandb"), default="none",
                    help="also log the results table to wandb (offline when unreachable)")
 
+    p = sub.add_parser("import-predictions", help="an ELEVATER predictions JSON (the toolkit's --save-predictions) "
+                                                  "in as a result of a labelled run set")
+    p.add_argument("file", type=Path, help="<dataset>.json as the toolkit writes it (or this harness's export)")
+    p.add_argument("--dataset", required=True, help="dataset card the predictions are of")
+    p.add_argument("--data-root", required=True, type=Path, help="the data the predictions were made on (labels)")
+    p.add_argument("--model", default=None, help="model card the predictions are of (default: from the file's "
+                                                 "model_name, 'CLIP-clip_react' -> clip_react)")
+    p.add_argument("--label", default=None, help="run set label (default 'ELEVATER toolkit (official)'); results go "
+                                                 "to <results>/imported/<slug of label>/")
+    p.add_argument("--results", type=Path, default=None, help="results folder (default: ./results or "
+                                                              "HARNESS_RESULTS)")
+    p.add_argument("--seed-index", type=int, default=None, help="which seed list of a file holding several")
+
     p = sub.add_parser("table", help="print a table of finished results")
     p.add_argument("--results", type=Path, default=None)
     p.add_argument("--protocol", default=None, help="only this protocol")
@@ -121,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tries", type=int, default=4, help="attempts per file on connection errors/5xx (default 4)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds of silence before a read fails (default 60)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("export-elevater", help="write the ELEVATER toolkit model YAML of a model card (to run the "
+                                               "official toolkit on the same weights)")
+    p.add_argument("card", help="model card name, card YAML, or toolkit model YAML")
+    p.add_argument("--out", type=Path, default=Path("elevater_models"),
+                   help="folder for <card>.yaml (default ./elevater_models)")
+    p.add_argument("--weights", default=None, help="weights file to name in TEST.MODEL_FILE instead of the card's")
     return parser
 
 
@@ -254,6 +274,18 @@ def _cmd_table(args) -> int:
     return 0
 
 
+def _cmd_import_predictions(args) -> int:
+    from harness.imports import DEFAULT_LABEL, import_predictions
+
+    out = import_predictions(args.file, args.dataset, args.data_root, model=args.model,
+                             label=args.label or DEFAULT_LABEL, results_root=args.results, seed_index=args.seed_index)
+    r = out.result
+    print(f"{'already imported' if out.reused else 'imported'}: {r['model']['card']} {r['dataset']['card']} "
+          f"{r['metric']} {r['score']:.2f} ({r['n_images']} images), run set '{r['provenance']['label']}'")
+    print(f"        {out.path}")
+    return 0
+
+
 def _cmd_make_demo_data(args) -> int:
     from harness.synthetic import make_demo_suite
 
@@ -276,6 +308,15 @@ def _cmd_prepare(args) -> int:
     return 1 if summary.failed else 0
 
 
+def _cmd_export_elevater(args) -> int:
+    from harness.models.elevater_export import export_toolkit_yaml
+    from harness.models.elevater_yaml import resolve_model_card
+
+    path = export_toolkit_yaml(resolve_model_card(args.card), args.out, weights=args.weights)
+    print(f"toolkit model YAML: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -287,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"ls": _cmd_ls, "validate": _cmd_validate, "eval": _cmd_eval, "eval-all": _cmd_eval,
                 "crosscheck": _cmd_crosscheck, "report": _cmd_report,
                 "table": _cmd_table, "make-demo-data": _cmd_make_demo_data,
-                "make-demo-shards": _cmd_make_demo_shards, "prepare": _cmd_prepare}
+                "import-predictions": _cmd_import_predictions,
+                "make-demo-shards": _cmd_make_demo_shards, "prepare": _cmd_prepare,
+                "export-elevater": _cmd_export_elevater}
     try:
         return commands[args.command](args)
     except HarnessError as exc:

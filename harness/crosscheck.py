@@ -20,7 +20,7 @@ from typing import Any
 
 from harness import paths
 from harness.atomic import write_json
-from harness.cards import DatasetCard, ModelCard, dataset_card_names, get_dataset_card, get_model_card
+from harness.cards import DatasetCard, ModelCard, dataset_card_names, get_dataset_card
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +71,11 @@ def crosscheck(model: str | ModelCard, datasets: list[str] | None, data_root: st
                ) -> dict:
     """Run both protocols (resuming finished results) and write the comparison JSON."""
     from harness.models import build_model
+    from harness.models.elevater_yaml import resolve_model_card
     from harness.runner import EvalOptions, evaluate
 
     options = options or EvalOptions()
-    model_card = model if isinstance(model, ModelCard) else get_model_card(model)
+    model_card = model if isinstance(model, ModelCard) else resolve_model_card(model)
     names = datasets if datasets is not None else dataset_card_names()
     cards = [get_dataset_card(n) for n in names]
     runnable = [c for c in cards if not c.multilabel]  # openclip scores top-1/top-5 only

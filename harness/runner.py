@@ -21,7 +21,7 @@ from typing import Any
 
 from harness import paths
 from harness.atomic import check_writable_dir, file_lock, remove_stale_temp_files, write_json, write_npy
-from harness.cards import DatasetCard, ModelCard, content_hash, dataset_card_names, get_dataset_card, get_model_card
+from harness.cards import DatasetCard, ModelCard, content_hash, dataset_card_names, get_dataset_card
 from harness.data import MissingDataError, open_eval_data
 from harness.errors import HarnessError
 from harness.results import (SCHEMA_VERSION, data_file_names, elevater_predictions, finished_result, lock_path,
@@ -178,7 +178,9 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
              options: EvalOptions | None = None, loaded: Any = None) -> RunSummary:
     """Evaluate one model card on datasets (all dataset cards when None)."""
     options = options or EvalOptions()
-    model_card = model if isinstance(model, ModelCard) else get_model_card(model)
+    from harness.models.elevater_yaml import resolve_model_card  # a card name, card YAML or toolkit model YAML
+
+    model_card = model if isinstance(model, ModelCard) else resolve_model_card(model)
     names = datasets if datasets is not None else dataset_card_names()
     dataset_cards = [d if isinstance(d, DatasetCard) else get_dataset_card(d) for d in names]
     results_root = check_writable_dir(Path(options.results_root or paths.results_dir()), "results folder",
@@ -244,7 +246,7 @@ def _plan_dataset(model_card: ModelCard, dcard: DatasetCard, data_root: str | Pa
                        device, numerics=plan(options.numerics, model_card, device).key,
                        skip_bad_images=options.skip_bad_images)
     path = result_json(results_root, model_card.name, options.protocol, dcard.name)
-    _refuse_newer(path)
+    refuse_newer(path)
     if not options.force:
         prev = finished_result(path, key.hash)
         if prev is not None:
@@ -258,7 +260,7 @@ def _plan_dataset(model_card: ModelCard, dcard: DatasetCard, data_root: str | Pa
     return dcard, data, key
 
 
-def _refuse_newer(path: Path) -> None:
+def refuse_newer(path: Path) -> None:
     version = stored_schema_version(path) if path.is_file() else None
     if version is not None and version > SCHEMA_VERSION:
         raise HarnessError(f"{path} was written by a newer harness (schema_version {version}, this one writes "
@@ -281,12 +283,12 @@ def _evaluate_locked(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, op
             if prev is not None:
                 logger.info("%s: finished by another run meanwhile, skipping", dcard.name)
                 return {**prev, "_reused": True}
-        _refuse_newer(path)
+        refuse_newer(path)
         remove_stale_temp_files(path.parent)  # safe: writers of this result hold this lock
         return _evaluate_one(loaded, dcard, data, key, options, path)
 
 
-def _remove_unlisted_data_files(folder: Path, dataset: str, keep: dict[str, str]) -> None:
+def remove_unlisted_data_files(folder: Path, dataset: str, keep: dict[str, str]) -> None:
     """Data files of this dataset that the committed JSON does not list (a previous run's, or a killed run's)."""
     listed = set(keep.values())
     candidates = [*folder.glob(f"{dataset}.*.probs.npy"), *folder.glob(f"{dataset}.*.predictions.json"),
@@ -327,10 +329,28 @@ def _evaluate_one(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, optio
         files["predictions"] = names["predictions"]
     result = _result_record(loaded, dcard, data, key, options, outcome, files, workers)
     write_json(path, result)  # the commit point: from here on the new files are the result
-    _remove_unlisted_data_files(folder, dcard.name, files)
+    remove_unlisted_data_files(folder, dcard.name, files)
     logger.info("%s: %s = %.2f (%d images, %.1f img/s)", dcard.name, spec.primary_metric, result["score"],
                 preds.n_images, preds.images_per_second)
     return result
+
+
+def result_record(key: RunKey, model: dict, dcard: DatasetCard, data: Any, protocol: dict, metric: str,
+                  metrics: dict[str, float], n_images: int, files: dict[str, str], provenance: dict) -> dict:
+    """A schema-2 result (harness.results): an eval's, or imported predictions' (harness.imports). ``provenance``
+    follows the environment (packages, git, python, platform)."""
+    return {
+        "schema_version": SCHEMA_VERSION, "run_key": key.to_json(), "model": model,
+        "dataset": {
+            "card": dcard.name, "card_hash": dcard.card_hash, "content_hash": dcard.content_hash,
+            "version": dcard.version, "layout": data.layout, "location": data.location, "split": dcard.eval_split,
+            "fingerprint": key.parts["data"],
+        },
+        "protocol": protocol, "metric": metric, "score": round(100.0 * metrics[metric], 4), "metrics": metrics,
+        "n_images": n_images, "files": files,
+        "provenance": {"packages": _package_versions(), "git": _git_hash(), "python": sys.version.split()[0],
+                       "platform": platform.platform(), **provenance},
+    }
 
 
 def _result_record(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, options: EvalOptions, outcome: Any,
@@ -339,47 +359,26 @@ def _result_record(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, opti
 
     card = loaded.card
     spec, preds, values = outcome.spec, outcome.predictions, outcome.metrics
-    result = {
-        "schema_version": SCHEMA_VERSION,
-        "run_key": key.to_json(),
-        "model": {
-            "card": card.name, "card_hash": card.card_hash, "architecture": card.architecture,
-            "method": card.method, "base_model": card.base_model, "retrieval_set": card.retrieval_set,
-            "weights": loaded.weights_identity,
-        },
-        "dataset": {
-            "card": dcard.name, "card_hash": dcard.card_hash, "content_hash": dcard.content_hash,
-            "version": dcard.version, "layout": data.layout, "location": data.location, "split": dcard.eval_split,
-            "fingerprint": key.parts["data"],
-        },
-        "protocol": {
-            "name": spec.name, "version": PROTOCOL_VERSIONS[spec.name], "text_source": spec.text_source,
-            "n_classes": len(spec.classnames), "n_templates": len(spec.templates),
-            "text_hash": content_hash([spec.classnames, spec.templates]), "transform": spec.transform_desc,
-            "logit_scale": 100.0, "classifier_cache_key": outcome.classifier_key,
-        },
-        "metric": spec.primary_metric,
-        "score": round(100.0 * values[spec.primary_metric], 4),
-        "metrics": values,
-        "n_images": preds.n_images,
-        "files": files,
-        "provenance": {
-            "packages": _package_versions(),
-            "git": _git_hash(),
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "device": loaded.device,
-            "device_name": _device_name(loaded.device),
-            "precision": loaded.precision,
-            "numerics": outcome.numerics.description,
-            "batch_size": options.batch_size,
-            "workers": workers,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(preds.seconds, 3),
-            "images_per_second": round(preds.images_per_second, 2),
-            "classifier_from_cache": outcome.classifier_from_cache,
-        },
+    model = {"card": card.name, "card_hash": card.card_hash, "architecture": card.architecture, "method": card.method,
+             "base_model": card.base_model, "retrieval_set": card.retrieval_set, "weights": loaded.weights_identity}
+    protocol = {
+        "name": spec.name, "version": PROTOCOL_VERSIONS[spec.name], "text_source": spec.text_source,
+        "n_classes": len(spec.classnames), "n_templates": len(spec.templates),
+        "text_hash": content_hash([spec.classnames, spec.templates]), "transform": spec.transform_desc,
+        "logit_scale": 100.0, "classifier_cache_key": outcome.classifier_key,
     }
+    result = result_record(key, model, dcard, data, protocol, spec.primary_metric, values, preds.n_images, files, {
+        "device": loaded.device,
+        "device_name": _device_name(loaded.device),
+        "precision": loaded.precision,
+        "numerics": outcome.numerics.description,
+        "batch_size": options.batch_size,
+        "workers": workers,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(preds.seconds, 3),
+        "images_per_second": round(preds.images_per_second, 2),
+        "classifier_from_cache": outcome.classifier_from_cache,
+    })
     if preds.skipped:
         result["skipped_images"] = {"count": len(preds.skipped),
                                     "ids": [data.image_ids[i] for i in preds.skipped],

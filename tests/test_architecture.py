@@ -18,7 +18,8 @@ LAYERS = [
     ("models", ["harness.models"]),
     ("data", ["harness.data", "harness.synthetic", "harness.prepare"]),
     ("engine", ["harness.protocols", "harness.zeroshot", "harness.metrics"]),
-    ("runner", ["harness.results", "harness.runkey", "harness.runner", "harness.crosscheck"]),
+    ("runner", ["harness.results", "harness.runkey", "harness.runner", "harness.crosscheck",
+                "harness.imports"]),
     ("report", ["harness.report"]),
     ("cli", ["harness.cli", "harness.__main__"]),
 ]

@@ -2,7 +2,8 @@
 
 Modules: ``factory`` (build any architecture by name, REACT included), ``react`` (the gated block), ``weights``
 (where a card's weights are, reading and strict loading), ``build`` (model card -> :class:`LoadedModel`),
-``precision`` (autocast / dtypes), ``tags`` (REACT's ``--pretrained`` tags -> model cards).
+``precision`` (autocast / dtypes), ``numerics`` (the toolkit's LayerNorm vs OpenCLIP's), ``tags`` (REACT's
+``--pretrained`` tags -> model cards), ``elevater_yaml`` / ``elevater_export`` (the toolkit's model YAMLs in and out).
 Importing this package imports neither torch nor open_clip; the functions below do, when called.
 """
 from __future__ import annotations

@@ -42,6 +42,9 @@ class ReactArchitecture:
 
 
 _registered = False
+# Architectures registered in memory by register_config (e.g. built from an ELEVATER toolkit SPEC): REACT ones here,
+# their plain base configs in OpenCLIP's registry (through add_model_config).
+_registered_react: dict[str, ReactArchitecture] = {}
 
 
 def register_project_configs() -> None:
@@ -85,7 +88,52 @@ def react_architectures() -> dict[str, ReactArchitecture]:
 
 
 def react_architecture(name: str) -> ReactArchitecture | None:
-    return react_architectures().get(canonical_name(name))
+    name = canonical_name(name)
+    return _registered_react.get(name) or react_architectures().get(name)
+
+
+def register_config(name: str, openclip_config: dict, react_last_k: int | None = None) -> str:
+    """Make an in-memory OpenCLIP config buildable under ``name`` in this process (returns ``name``).
+
+    Plain (``react_last_k`` None): the config reaches OpenCLIP through its public ``add_model_config``, from
+    ``<cache>/model_configs/<hash>/<name>.json`` (a content-addressed folder). REACT (``react_last_k`` >= 1): ``name``
+    is ``react_<base>``; ``openclip_config`` (without react_cfg) is registered as above under ``<base>`` and the REACT
+    architecture in this factory's own registry (OpenCLIP never sees a REACT name). Registering a name again with the
+    same config does nothing; with another config, or over a different built-in config, is an error."""
+    import open_clip
+
+    from harness.atomic import write_json
+    from harness.cards.schema import content_hash
+
+    register_project_configs()
+    config = copy.deepcopy(openclip_config)
+    if "react_cfg" in config.get("vision_cfg", {}):
+        raise HarnessError(f"register_config({name!r}): pass the base config and react_last_k, not a react_cfg.")
+    if react_last_k is not None:
+        if not name.startswith(REACT_PREFIX) or isinstance(react_last_k, bool) or int(react_last_k) < 1:
+            raise HarnessError(f"register_config({name!r}, react_last_k={react_last_k!r}): REACT names start with "
+                               f"'{REACT_PREFIX}' and last_k is at least 1.")
+        register_config(name[len(REACT_PREFIX):], config)
+        full = copy.deepcopy(config)
+        full["vision_cfg"]["react_cfg"] = {"enabled": True, "last_k_layers": int(react_last_k)}
+        known = react_architecture(name)
+        if known is not None and known.config != full:
+            raise HarnessError(f"Architecture '{name}' is already registered with another config.")
+        _registered_react[name] = known or ReactArchitecture(name=name, base=name[len(REACT_PREFIX):],
+                                                             last_k_layers=int(react_last_k), config=full)
+        return name
+    if name.startswith(REACT_PREFIX):
+        raise HarnessError(f"register_config({name!r}): a REACT name needs react_last_k.")
+    known = open_clip.get_model_config(name)
+    if known is not None:
+        if known != config:
+            raise HarnessError(f"Architecture '{name}' is already registered with another config.")
+        return name
+    folder = paths.cache_dir() / "model_configs" / content_hash({"name": name, "config": config})
+    write_json(folder / f"{name}.json", config)
+    open_clip.add_model_config(folder)
+    logger.debug("registered architecture %s from %s", name, folder)
+    return name
 
 
 def list_architectures() -> list[str]:
@@ -93,7 +141,7 @@ def list_architectures() -> list[str]:
     import open_clip
 
     register_project_configs()
-    return sorted(set(open_clip.list_models()) | set(react_architectures()))
+    return sorted(set(open_clip.list_models()) | set(react_architectures()) | set(_registered_react))
 
 
 def base_config_of(arch: ReactArchitecture) -> dict:

@@ -6,6 +6,7 @@
   published);
 - :func:`model_cards` (built-in cards + extra folders), :func:`dataset_columns` (the dataset cards in report order)
   and :func:`families` (baseline card -> its tuned cards), the one grouping every table and plot uses;
+- :func:`with_imported`: the run sets plus the imported ones found under their folders;
 - :func:`load_crosschecks` (``<results>/<model>/crosscheck.json``) and :func:`load_training_runs` (read through
   :mod:`harness.training_log`, the schema training writes).
 """
@@ -21,6 +22,7 @@ from harness import training_log
 from harness.cards import IMAGENET, DatasetCard, ModelCard, Suite, all_dataset_cards, all_model_cards, \
     load_model_card, load_suites, method_rank
 from harness.errors import HarnessError
+from harness.imports import imported_run_sets
 from harness.results import iter_results, scan_results
 
 if TYPE_CHECKING:
@@ -169,6 +171,21 @@ def load_crosschecks(run_sets: list[tuple[str, Path]]) -> list[tuple[str, dict]]
                 out.append((label, _read_crosscheck(path)))
             except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
                 logger.warning("skipping %s: %s", path, exc)
+    return out
+
+
+def with_imported(run_sets: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    """The run sets, then every imported run set under their folders (``<folder>/imported/*/``, labelled by the
+    label recorded in its results; :mod:`harness.imports`), each folder once and each label once."""
+    out = list(run_sets)
+    seen = {Path(folder).resolve() for _, folder in run_sets}
+    for _, folder in run_sets:
+        for label, sub in imported_run_sets(Path(folder)):
+            if sub.resolve() in seen:
+                continue
+            seen.add(sub.resolve())
+            taken = {lbl for lbl, _ in out}
+            out.append((label if label not in taken else f"{label} ({sub})", sub))
     return out
 
 

@@ -8,6 +8,7 @@ results gives identical files apart from the one "Generated" line.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as _dt
 import html
 import logging
@@ -18,7 +19,8 @@ from harness.atomic import atomic_write
 from harness.cards import ELEVATER_SUITE, ModelCard, get_suite
 from harness.report.collect import (PAPER_LABEL, RESULT_ORDER, ReportInputs, collect, dataset_columns,
                                     load_crosschecks, load_training_runs, model_cards, published_frame,
-                                    unusable_files)
+                                    unusable_files, with_imported)
+from harness.report.runsets import runset_tables
 from harness.report.plots import gain_plots, published_scatter, slug, training_plots
 from harness.report.tables import (MISSING, Table, crosscheck_table, measured_vs_published_table, per_method_tables,
                                    per_model_tables, react_comparison_tables, training_table,
@@ -124,6 +126,7 @@ def results_csv(df: "pd.DataFrame", cards: dict[str, ModelCard], crosschecks: li
 
 def build(inputs: ReportInputs, out_root: Path, generated_at: str | None = None) -> Path:
     """Write the report to ``<out_root>/<slug of inputs.name>/``; returns that folder."""
+    inputs = dataclasses.replace(inputs, run_sets=with_imported(inputs.run_sets))
     df = collect(inputs)
     cards = model_cards(inputs.model_card_dirs)
     datasets = dataset_columns()
@@ -131,6 +134,7 @@ def build(inputs: ReportInputs, out_root: Path, generated_at: str | None = None)
     labels = [label for label, _ in inputs.run_sets]
     crosschecks = load_crosschecks(inputs.run_sets)
     runs = load_training_runs(inputs.logs)
+    imported = runset_tables(inputs.run_sets, datasets)  # [] without imported run sets
 
     sections: Sections = [
         ("Results per model", per_model_tables(df, datasets, suite, inputs.protocol)),
@@ -139,6 +143,7 @@ def build(inputs: ReportInputs, out_root: Path, generated_at: str | None = None)
                                                      inputs.paper_label)),
         ("Measured vs published", [measured_vs_published_table(df, cards, inputs.protocol)]),
         ("Cross-check: OpenCLIP vs ELEVATER protocol", [crosscheck_table(lbl, cc) for lbl, cc in crosschecks]),
+        *([("Imported predictions vs this harness", imported)] if imported else []),
         ("Training", [training_table(runs)] if runs else []),
     ]
     problems = unusable_files(inputs.run_sets)
