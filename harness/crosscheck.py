@@ -10,7 +10,9 @@ specs and the results, not written by hand. The REACT README reports < 0.1 point
 
 Output: ``<results>/<model>/crosscheck.json`` (schema_version 2): {model, threshold, datasets: {name: {elevater:
 {metric, score, accuracy, numerics, precision}, openclip: {accuracy, numerics, precision}, delta, flagged,
-agreement, max_abs_dprob, n_images, differences: [...]}}, skipped_multilabel, missing, failed}.
+agreement, max_abs_dprob, n_images, differences: [...], imported: {label: {score, delta_vs_elevater, agreement,
+max_abs_dprob}}}}, skipped_multilabel, missing, failed}. ``imported`` compares the official toolkit's predictions,
+when imported for this model (``python -m harness import-predictions``), with this harness's ELEVATER run.
 """
 from __future__ import annotations
 
@@ -112,10 +114,20 @@ def compare(model_card: ModelCard, card: DatasetCard, preprocess_val: Any, ev: d
     """One dataset's row: scores, Δ, agreement, max |Δp| and the differences that explain them."""
     import numpy as np
 
+    from harness.imports import load_imported
+
     a, b = 100 * ev["metrics"]["accuracy"], 100 * oc["metrics"]["accuracy"]
     pe, po = _probs(ev, results_root), _probs(oc, results_root)
     same_shape = pe.shape == po.shape
+    imported = {}
+    for label, result, probs in load_imported(results_root, model_card.name, card.name):
+        same = probs.shape == pe.shape
+        imported[label] = {
+            "score": result["score"], "delta_vs_elevater": round(result["score"] - ev["score"], 4),
+            "agreement": round(100 * float((probs.argmax(1) == pe.argmax(1)).mean()), 4) if same else None,
+            "max_abs_dprob": float(np.abs(probs - pe).max()) if same else None}
     return {
+        "imported": imported,
         "elevater": {"metric": ev["metric"], "score": ev["score"], "accuracy": round(a, 4),
                      "numerics": ev["provenance"].get("numerics"), "precision": ev["provenance"]["precision"]},
         "openclip": {"accuracy": round(b, 4), "numerics": oc["provenance"].get("numerics"),
@@ -138,6 +150,10 @@ def crosscheck_lines(result: dict) -> list[str]:
                      f"{row['openclip']['accuracy']:7.2f}  delta {row['delta']:+6.2f}  agree {agree}  "
                      f"max|dp| {dprob}{flag}")
         lines.append(f"  {'':34s} {row['differences'][0]}")
+        for label, imp in (row.get("imported") or {}).items():
+            agree = f"{imp['agreement']:.2f}%" if imp.get("agreement") is not None else "n/a"
+            lines.append(f"  {'':34s} {label}: {imp['score']:.2f} (delta vs elevater {imp['delta_vs_elevater']:+.2f}, "
+                         f"agreement {agree})")
     if result.get("skipped_multilabel"):
         lines.append("  not comparable (multilabel, openclip scores top-1 only): "
                      + ", ".join(result["skipped_multilabel"]))

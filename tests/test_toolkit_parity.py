@@ -93,10 +93,20 @@ def test_openclip_numerics_on_the_same_weights_do_not_match_the_toolkit(parity):
         assert np.abs(probs - TOOLKIT_PROBS[name]).max() > 1e-3
 
 
-def test_crosscheck_shows_openclip_differing_by_the_numerics_only(parity):
+def test_crosscheck_shows_openclip_differing_by_the_numerics_only(parity, tmp_path, monkeypatch):
+    import yaml
+
+    from harness.cards import card_to_dict
     from harness.crosscheck import crosscheck
+    from harness.imports import import_predictions
 
     results = parity["root"] / "results-cc"
+    # the toolkit's own predictions file, imported as a run set for this card, appears beside the two columns
+    data = {k: v for k, v in card_to_dict(parity["card"]).items() if v not in (None, {}, [], ())}
+    (tmp_path / "tiny_react_toolkit.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("HARNESS_MODEL_CARDS", str(tmp_path))
+    import_predictions(FIXTURES / "predictions" / "cifar-10.json", "cifar-10", parity["data"],
+                       model="tiny_react_toolkit", results_root=results)
     out = crosscheck(parity["card"], ["cifar-10", "kitti-distance", "voc-2007-classification"], parity["data"],
                      EvalOptions(results_root=results, progress=False, workers=0))
     assert out["skipped_multilabel"] == ["voc-2007-classification"]
@@ -114,6 +124,9 @@ def test_crosscheck_shows_openclip_differing_by_the_numerics_only(parity):
     assert row["agreement"] == pytest.approx(100 * float((ev.argmax(1) == oc.argmax(1)).mean()))
     assert row["max_abs_dprob"] > 1e-3
     assert row["elevater"]["accuracy"] == pytest.approx(100 * RUN["datasets"]["cifar-10"]["value"])
+    official = row["imported"]["ELEVATER toolkit (official)"]
+    assert official["agreement"] == 100.0 and official["delta_vs_elevater"] == 0.0
+    assert official["max_abs_dprob"] < ATOL  # the toolkit's 6-decimal file vs this harness's float32
 
 
 # ----------------------------------------------------------------------------------------------------------------------
