@@ -109,23 +109,22 @@ def _probs(result: dict, results_root: Path) -> Any:
     return np.load(path.parent / result["files"]["probs"])
 
 
+def _rounded(values: dict) -> dict:
+    return {**values, "agreement": None if values["agreement"] is None else round(values["agreement"], 4)}
+
+
 def compare(model_card: ModelCard, card: DatasetCard, preprocess_val: Any, ev: dict, oc: dict,
             results_root: Path) -> dict:
     """One dataset's row: scores, Δ, agreement, max |Δp| and the differences that explain them."""
-    import numpy as np
-
     from harness.imports import load_imported
+    from harness.metrics import agreement
 
     a, b = 100 * ev["metrics"]["accuracy"], 100 * oc["metrics"]["accuracy"]
     pe, po = _probs(ev, results_root), _probs(oc, results_root)
-    same_shape = pe.shape == po.shape
     imported = {}
     for label, result, probs in load_imported(results_root, model_card.name, card.name):
-        same = probs.shape == pe.shape
-        imported[label] = {
-            "score": result["score"], "delta_vs_elevater": round(result["score"] - ev["score"], 4),
-            "agreement": round(100 * float((probs.argmax(1) == pe.argmax(1)).mean()), 4) if same else None,
-            "max_abs_dprob": float(np.abs(probs - pe).max()) if same else None}
+        imported[label] = {"score": result["score"], "delta_vs_elevater": round(result["score"] - ev["score"], 4),
+                           **_rounded(agreement(probs, pe))}
     return {
         "imported": imported,
         "elevater": {"metric": ev["metric"], "score": ev["score"], "accuracy": round(a, 4),
@@ -133,8 +132,7 @@ def compare(model_card: ModelCard, card: DatasetCard, preprocess_val: Any, ev: d
         "openclip": {"accuracy": round(b, 4), "numerics": oc["provenance"].get("numerics"),
                      "precision": oc["provenance"]["precision"]},
         "delta": round(b - a, 4), "flagged": abs(b - a) > THRESHOLD, "n_images": ev["n_images"],
-        "agreement": round(100 * float((pe.argmax(1) == po.argmax(1)).mean()), 4) if same_shape else None,
-        "max_abs_dprob": float(np.abs(pe - po).max()) if same_shape else None,
+        **_rounded(agreement(pe, po)),
         "differences": protocol_differences(model_card, card, preprocess_val, ev, oc),
     }
 

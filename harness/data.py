@@ -242,20 +242,26 @@ def open_eval_data(card: DatasetCard, data_root: str | Path) -> EvalData:
 _CLASS_INDEX = re.compile(r"^\d+$")
 
 
+def parse_iris_line(line: str, number: int, where: str, num_classes: int | None = None) -> tuple[str, list[int]]:
+    """One line of an iris index, ``<image path> <class>[,<class>...]`` (only the path may hold spaces, as in
+    vision-datasets), as (path, classes); classes must be whole numbers, below ``num_classes`` when it is given.
+    The error names the line (vision-datasets' own parser fails with a bare ValueError)."""
+    parts = line.strip().rsplit(maxsplit=1)
+    labels = parts[1].split(",") if len(parts) == 2 else []
+    bad = [x for x in labels if not _CLASS_INDEX.match(x) or (num_classes is not None and int(x) >= num_classes)]
+    if not labels or bad:
+        what = f"label '{bad[0]}'" if bad else "no label"
+        classes = f" with classes 0..{num_classes - 1}" if num_classes is not None else ""
+        raise HarnessError(f"{where}, line {number}: {what} — expected '<image path> <class>[,<class>]'{classes} "
+                           f"(line: {line.strip()[:120]!r}). Re-download the dataset or fix the index.")
+    return parts[0], [int(x) for x in labels]
+
+
 def _check_iris_index(index: Path, card: DatasetCard) -> None:
-    """Every line of an iris index is ``<image path> <class>[,<class>...]`` with classes in 0..C-1; the error names
-    the line (vision-datasets' own parser fails with a bare ValueError)."""
+    """Every line of an iris index parses, with classes of this card (:func:`parse_iris_line`)."""
     for number, line in enumerate(index.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.rsplit(maxsplit=1)
-        labels = parts[1].split(",") if len(parts) == 2 else []
-        bad = [x for x in labels if not _CLASS_INDEX.match(x) or int(x) >= card.num_classes]
-        if not labels or bad:
-            what = f"label '{bad[0]}'" if bad else "no label"
-            raise HarnessError(f"Dataset '{card.name}': {index}, line {number}: {what} — expected "
-                               f"'<image path> <class>[,<class>]' with classes 0..{card.num_classes - 1} "
-                               f"(line: {line.strip()[:120]!r}). Re-download the dataset or fix the index.")
+        if line.strip():
+            parse_iris_line(line, number, f"Dataset '{card.name}': {index}", card.num_classes)
 
 
 def _open_vision_dataset(card: DatasetCard, data_root: Path, folder: Path) -> EvalData:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from harness import paths
+from harness.paths import slug
 from harness.atomic import check_writable_dir, file_lock, remove_stale_temp_files, write_json, write_npy
 from harness.cards import DatasetCard, content_hash, get_dataset_card, get_model_card
 from harness.data import EvalData, open_eval_data
@@ -72,11 +73,6 @@ class ImportOutcome:
     result: dict
     path: Path  # the result JSON
     reused: bool  # the same file was already imported: nothing written
-
-
-def slug(text: str) -> str:
-    """A folder-name-safe form of a label or model name."""
-    return re.sub(r"[^0-9A-Za-z._-]+", "_", text).strip("_") or "unnamed"
 
 
 def run_set_folder(results_root: Path, label: str) -> Path:

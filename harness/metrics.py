@@ -97,3 +97,14 @@ def compute(metric_ids: list[str], probs: np.ndarray, labels: np.ndarray) -> dic
         else:
             raise ValueError(f"unknown metric '{mid}'; known: {', '.join(METRIC_LABELS)}")
     return out
+
+
+def agreement(probs_a: np.ndarray, probs_b: np.ndarray, multilabel: bool = False) -> dict[str, float | None]:
+    """How two runs' probabilities of the same images compare: ``agreement`` (% of images whose top-1 prediction is
+    the same; None for multilabel sets, where a softmax top-1 means little) and ``max_abs_dprob`` (the largest
+    |difference| of one probability). Both None when the shapes differ (other images or classes)."""
+    if probs_a.shape != probs_b.shape:
+        return {"agreement": None, "max_abs_dprob": None}
+    a, b = probs_a.astype(np.float64), probs_b.astype(np.float64)
+    same_top1 = None if multilabel else 100.0 * float((a.argmax(1) == b.argmax(1)).mean())
+    return {"agreement": same_top1, "max_abs_dprob": float(np.abs(a - b).max())}

@@ -16,6 +16,7 @@ Written by runs, relative to the current directory unless an environment variabl
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -66,3 +67,8 @@ def cache_dir() -> Path:
 
 def reports_dir() -> Path:
     return _env_path("HARNESS_REPORTS", "reports")
+
+
+def slug(text: str) -> str:
+    """A file- and folder-name-safe form of a label, run or model name."""
+    return re.sub(r"[^0-9A-Za-z._-]+", "_", text).strip("_") or "unnamed"

@@ -160,6 +160,16 @@ def _with_numerics(options: EvalOptions, model_card: ModelCard, device: str) -> 
     return dataclasses.replace(options, numerics=name)
 
 
+def _record_failure(summary: RunSummary, dataset: str, exc: BaseException, reraise: bool) -> None:
+    """One dataset failed: a one-line cause in the summary (a user error of a single-dataset run is re-raised so
+    the command line shows it as the error)."""
+    if reraise and isinstance(exc, HarnessError):
+        raise exc
+    summary.failed[dataset] = _failure_line(exc)
+    logger.error("%s: %s", dataset, summary.failed[dataset])
+    logger.debug("traceback", exc_info=True)
+
+
 def _weights_sha256(model_card: ModelCard, options: EvalOptions, loaded: Any) -> tuple[str, Any]:
     """The weights' content hash, whatever way they were given; builds the model only for random weights."""
     from harness.hashing import file_sha256
@@ -204,11 +214,7 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
             logger.info("%s", exc)
             continue
         except Exception as exc:  # one dataset's failure never stops the others
-            if single and isinstance(exc, HarnessError):
-                raise
-            summary.failed[dcard.name] = _failure_line(exc)
-            logger.error("%s: %s", dcard.name, summary.failed[dcard.name])
-            logger.debug("traceback", exc_info=True)
+            _record_failure(summary, dcard.name, exc, reraise=single)
             continue
         if item is not None:
             todo.append(item)
@@ -223,11 +229,7 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
         try:
             result = _evaluate_locked(loaded, dcard, data, key, options, results_root)
         except Exception as exc:  # one dataset's failure never stops the others
-            if single and isinstance(exc, HarnessError):
-                raise
-            summary.failed[dcard.name] = _failure_line(exc)
-            logger.error("%s: %s", dcard.name, summary.failed[dcard.name])
-            logger.debug("traceback", exc_info=True)
+            _record_failure(summary, dcard.name, exc, reraise=single)
             continue
         if result.get("_reused"):
             summary.skipped[dcard.name] = result

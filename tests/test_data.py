@@ -142,3 +142,20 @@ def test_demo_data_any_size_works_or_is_refused_clearly(tmp_path):
         with pytest.raises(HarnessError, match="at least 1"):
             make_demo_suite(tmp_path / "bad", images_per_class=bad)
     assert main(["make-demo-data", "--out", str(tmp_path / "cli"), "--images-per-class", "0"]) == 2
+
+
+def test_one_iris_line_parser_for_eval_and_prepare(tmp_path):
+    from harness.data import parse_iris_line
+    from harness.prepare.verify import VerifyError, read_index
+
+    assert parse_iris_line("val.zip@a b.jpg 3\n", 1, "x") == ("val.zip@a b.jpg", [3])
+    assert parse_iris_line("img.jpg 0,4", 2, "x", num_classes=5) == ("img.jpg", [0, 4])
+    for line, needle in [("img.jpg", "no label"), ("img.jpg -1", "label '-1'"), ("img.jpg 1,x", "label 'x'")]:
+        with pytest.raises(HarnessError, match=f"x, line 7: {needle}"):
+            parse_iris_line(line, 7, "x")
+    with pytest.raises(HarnessError, match="label '5' .* classes 0..4"):
+        parse_iris_line("img.jpg 5", 1, "x", num_classes=5)
+    index = tmp_path / "test.txt"
+    index.write_text("val.zip@a.jpg 1\nval.zip@b.jpg\n")  # prepare refuses what eval would refuse
+    with pytest.raises(VerifyError, match="line 2: no label"):
+        read_index(index, "test.txt", "iris")

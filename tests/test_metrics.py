@@ -484,3 +484,15 @@ def test_out_of_range_or_float_labels_raise_value_error():
         metrics.mean_per_class(probs, np.array([-1, 1, 2]))
     with pytest.raises(ValueError, match="must be integers"):
         metrics.mean_per_class(probs, np.array([0.0, 1.0, 2.0]))
+
+
+def test_agreement_of_two_runs_against_a_hand_count():
+    from harness.metrics import agreement
+
+    a = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1]])
+    b = np.array([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.2, 0.3, 0.5], [0.5, 0.45, 0.05]])
+    out = agreement(a, b)
+    assert out["agreement"] == pytest.approx(75.0)  # rows 0, 2, 3 agree on the top-1 class, row 1 does not
+    assert out["max_abs_dprob"] == pytest.approx(0.4)  # row 1, column 0
+    assert agreement(a, b, multilabel=True)["agreement"] is None
+    assert agreement(a, b[:3]) == {"agreement": None, "max_abs_dprob": None}

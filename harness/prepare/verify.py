@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.cards import DatasetCard
+from harness.data import parse_iris_line
 from harness.errors import HarnessError
 
 
@@ -75,14 +76,11 @@ def read_index(path: Path, name: str, fmt: str) -> IndexInfo:
         line = line.strip()
         if not line:
             continue
-        parts = line.rsplit(" ", 1)  # as vision-datasets: only the image path may hold spaces
-        if len(parts) == 2:
-            try:
-                [int(x) for x in parts[1].split(",")]
-            except ValueError:
-                raise VerifyError(f"{name} line {number}: expected '<zip>@<entry> <label>[,<label>]', found "
-                                  f"{line[:120]!r}", name, True) from None
-        _add_ref(info, parts[0])
+        try:
+            ref, _ = parse_iris_line(line, number, name)
+        except HarnessError as exc:
+            raise VerifyError(str(exc), name, True) from None
+        _add_ref(info, ref)
         info.num_images += 1
     return info
 

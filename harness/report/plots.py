@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 from typing import TYPE_CHECKING
 
 from harness import training_log
 from harness.cards import DatasetCard, ModelCard
+from harness.paths import slug
 from harness.report.collect import TrainingRun, with_published
 from harness.report.tables import family_grids
 
@@ -23,11 +23,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
-
-
-def slug(text: str) -> str:
-    """A file-name-safe form of a label."""
-    return re.sub(r"[^0-9A-Za-z._-]+", "_", text).strip("_")
 
 
 def _pyplot():

@@ -21,7 +21,8 @@ from harness.report.collect import (PAPER_LABEL, RESULT_ORDER, ReportInputs, col
                                     load_crosschecks, load_training_runs, model_cards, published_frame,
                                     unusable_files, with_imported)
 from harness.report.runsets import runset_tables
-from harness.report.plots import gain_plots, published_scatter, slug, training_plots
+from harness.paths import slug
+from harness.report.plots import gain_plots, published_scatter, training_plots
 from harness.report.tables import (MISSING, Table, crosscheck_table, measured_vs_published_table, per_method_tables,
                                    per_model_tables, react_comparison_tables, training_table,
                                    unusable_files_table)

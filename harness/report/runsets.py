@@ -12,11 +12,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from harness.cards import DatasetCard
 from harness.imports import PROTOCOL, is_imported, load_probs
-from harness.metrics import METRIC_LABELS
+from harness.metrics import METRIC_LABELS, agreement
 from harness.report.tables import MISSING, Table, fmt
 from harness.results import scan_results
 
@@ -73,11 +71,7 @@ def compare(imported: _Entry, harness: _Entry, multilabel: bool) -> dict:
         return out
     if pa.shape != pb.shape:
         notes.append(f"shapes differ: imported {pa.shape}, harness {pb.shape}")
-    else:
-        pa64, pb64 = pa.astype(np.float64), pb.astype(np.float64)
-        out["max_abs_dprob"] = float(np.abs(pa64 - pb64).max())
-        if not multilabel:
-            out["agreement"] = 100.0 * float((pa64.argmax(1) == pb64.argmax(1)).mean())
+    out.update(agreement(pa, pb, multilabel))
     out["note"] = "; ".join(notes)
     return out
 
