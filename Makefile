@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
 MODEL ?= react_vitb32_CLIP
+MODELS ?= vitb32_CLIP,react_vitb32_CLIP
 DATASET ?= imagenet-1k
 DATA_ROOT ?= ./data
 PROTOCOL ?= elevater
@@ -33,7 +34,7 @@ NPROC ?= 1
 TINY_EPOCHS ?= 8
 TINY_LAUNCH := $(if $(filter 1,$(NPROC)),$(PY) -m training.main,$(VENV)/bin/torchrun --nproc_per_node $(NPROC) -m training.main)
 
-.PHONY: install test dataset-cards demo prepare eval eval-all validate ls bench clean-demo report crosscheck base-checkpoint train-gated train-locked train-tiny
+.PHONY: install test dataset-cards demo prepare eval eval-all sweep validate ls bench clean-demo report crosscheck base-checkpoint train-gated train-locked train-tiny
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,9 @@ eval:  ## one model on one dataset: make eval MODEL=... DATASET=... DATA_ROOT=..
 
 prepare:  ## download the ELEVATER test sets into DATA_ROOT (resumable, verified): make prepare DATA_ROOT=... [DATASETS=a,b]
 	$(PY) -m harness prepare --data-root $(DATA_ROOT) $(if $(DATASETS),--datasets $(DATASETS),) $(PREPARE_FLAGS)
+
+sweep:  ## many models on ImageNet-1K + ELEVATER, each dataset decoded once: make sweep MODELS=a,b,c DATA_ROOT=...
+	$(PY) -m harness sweep --models $(MODELS) --data-root $(DATA_ROOT) --protocol $(PROTOCOL) --results $(RESULTS) $(if $(DATASETS),--datasets $(DATASETS),) $(EVAL_FLAGS)
 
 eval-all:  ## one model on ImageNet-1K + the 20 ELEVATER datasets: make eval-all MODEL=react_vitb32_CLIP DATA_ROOT=...
 	$(PY) -m harness eval-all --model $(MODEL) --data-root $(DATA_ROOT) --protocol $(PROTOCOL) --results $(RESULTS) $(EVAL_FLAGS)

@@ -106,7 +106,14 @@ HARNESS_PASS = "(d') harness image pass only"
 # what-if rows: the two loops again with the main process on one intra-op thread (diagnostics, not the baseline)
 OPENCLIP_1T = "(c1) openclip-style loop, main 1 thread"
 HARNESS_1T = "(d1) harness eval, main 1 thread"
-ROW_ORDER = (FORWARD, FORWARD_1T, DECODE, DECODE_HARNESS, OPENCLIP, HARNESS, HARNESS_PASS, OPENCLIP_1T, HARNESS_1T)
+# the caches (test_caches_speed.py)
+COLD_WRITE = "(d2) cold eval, pixel cache written"
+WARM = "(e) warm pixel cache eval"
+WARM_PASS = "(e') warm pixel cache, image pass"
+RESCORE = "(f) rescore from cached features"
+PROCESS = "(g) whole process `harness eval`"
+ROW_ORDER = (FORWARD, FORWARD_1T, DECODE, DECODE_HARNESS, OPENCLIP, HARNESS, HARNESS_PASS, OPENCLIP_1T, HARNESS_1T,
+             COLD_WRITE, WARM, WARM_PASS, RESCORE, PROCESS)
 
 
 class Registry(dict):
@@ -114,7 +121,8 @@ class Registry(dict):
 
     The row names and run settings are class attributes, so the benchmark module needs no import of this conftest.
     """
-    FORWARD, FORWARD_1T, DECODE, DECODE_HARNESS, OPENCLIP, HARNESS, HARNESS_PASS, OPENCLIP_1T, HARNESS_1T = ROW_ORDER
+    (FORWARD, FORWARD_1T, DECODE, DECODE_HARNESS, OPENCLIP, HARNESS, HARNESS_PASS, OPENCLIP_1T, HARNESS_1T,
+     COLD_WRITE, WARM, WARM_PASS, RESCORE, PROCESS) = ROW_ORDER
     ROUNDS, WORKERS, BATCH_SIZE, MODEL_CARD, DATASET_CARD = ROUNDS, WORKERS, BATCH_SIZE, MODEL_CARD, DATASET_CARD
 
     def record(self, name: str, images_per_second: float, seconds: float, cpu_seconds: float | None = None,
@@ -163,6 +171,24 @@ def _bounds(reg: dict, cores: int, workers: int) -> dict[str, float]:
     serial = 1.0 / (1.0 / d + 1.0 / f)
     cores_bound = min(f, workers * d, cores / (1.0 / d + c_f))
     return {"f": f, "d": d, "c_f": c_f, "serial": serial, "cores": cores_bound, "naive": workers * serial}
+
+
+def _cache_targets(reg: dict, b: dict, w) -> None:
+    """The issue's targets for the caches, as ratios measured in this run (reported, never asserted)."""
+    def verdict(x: float, target: float) -> str:
+        return f"{x:.3f} (>= {target:g}: {'met' if x >= target else 'NOT met'})"
+
+    parts = []
+    if WARM in reg:
+        parts.append(f"warm pixel cache / forward limit = {verdict(reg[WARM].images_per_second / b['f'], 0.9)}")
+    if RESCORE in reg and HARNESS in reg:
+        parts.append(f"rescore / cold eval = "
+                     f"{verdict(reg[RESCORE].images_per_second / reg[HARNESS].images_per_second, 20)}")
+    if PROCESS in reg and HARNESS_PASS in reg:
+        parts.append(f"whole process / in-process image pass = "
+                     f"{verdict(reg[PROCESS].images_per_second / reg[HARNESS_PASS].images_per_second, 0.6)}")
+    if parts:
+        w("cache targets (reported, never asserted): " + "; ".join(parts))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -222,6 +248,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
           f"{verdict(vs_o, 1.0)}); harness / decode-then-forward serial bound = {vs_s:.3f} (>= 0.9: "
           f"{verdict(vs_s, 0.9)}); harness / 2-core bound = {vs_c:.3f} (stricter reading, >= 0.9: "
           f"{verdict(vs_c, 0.9)})")
+    _cache_targets(reg, b, w)
     agree = reg.get("_agreement")
     if agree:
         w(agree)

@@ -13,8 +13,9 @@ as an ImageFolder tree) and the same tiny model (``tiny_demo_clip``, built once)
 (c)  openclip-style loop — the baseline, written here as ``open_clip_train``'s zero-shot eval does it: torchvision
      ImageFolder + the model's ``preprocess_val`` + DataLoader (batch 64, 2 workers) + ``build_zero_shot_classifier``
      + encode_image, normalise, 100 * f @ W, top-k;
-(d)  harness eval — ``harness.runner.evaluate`` end to end on the ELEVATER layout (results in a tmp dir, classifier
-     cache warm, ``force=True`` so every round recomputes, 2 workers, batch 64, no progress bar);
+(d)  harness eval, cold — ``harness.runner.evaluate`` end to end on the ELEVATER layout (results in a tmp dir,
+     classifier cache warm, no pixel or feature cache, ``force=True`` so every round recomputes, 2 workers, batch 64,
+     no progress bar); the cached paths are in test_caches_speed.py;
 (d') the image pass alone inside (d), as the harness itself times it (``provenance.seconds``);
 (c1), (d1) what-if diagnostics: (c) and (d) again with the main process limited to one torch intra-op thread
      (``torch.set_num_threads(1)`` around the call), so its idle OpenMP threads cannot compete with the DataLoader
@@ -171,7 +172,7 @@ def harness_run(bench_data, tiny_loaded, spec, throughput, tmp_path_factory):
     results_root = tmp_path_factory.mktemp("bench_results")
     options = EvalOptions(protocol="elevater", batch_size=throughput.BATCH_SIZE, workers=throughput.WORKERS,
                           device="cpu", precision="fp32", use_cache=True, force=True, results_root=results_root,
-                          progress=False)
+                          progress=False, pixel_cache=False, feature_cache=False)  # cold: decode every image
 
     def run():
         summary = evaluate(tiny_loaded.card, [throughput.DATASET_CARD], bench_data.data_root, options,

@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness {ls,validate,eval,eval-all,crosscheck,report,table,make-demo-data,...}``.
+"""Command line: ``python -m harness {ls,validate,eval,eval-all,sweep,rescore,cache,crosscheck,report,table,...}``.
 
 torch is imported only by the commands that run models, so ``ls``, ``validate`` and ``--help`` are instant.
 """
@@ -16,8 +16,9 @@ from harness.models.precision import PRECISIONS
 logger = logging.getLogger("harness")
 
 
-def _add_eval_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model card name (see `ls`) or path to a card YAML")
+def _add_eval_flags(p: argparse.ArgumentParser, model_flag: bool = True) -> None:
+    if model_flag:
+        p.add_argument("--model", required=True, help="model card name (see `ls`) or path to a card YAML")
     p.add_argument("--data-root", required=True, type=Path,
                    help="folder holding the datasets in the ELEVATER toolkit's layout (DATASET.ROOT)")
     if p.prog.split()[-1] != "crosscheck":
@@ -33,8 +34,15 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
                         "fp16, bf16 (pure half weights)")
     p.add_argument("--results", type=Path, default=None, help="results folder (default: ./results or "
                                                               "HARNESS_RESULTS)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the classifier cache")
-    p.add_argument("--refresh-cache", action="store_true", help="recompute and overwrite cached classifiers")
+    p.add_argument("--no-cache", action="store_true", help="no caches at all (classifiers, pixels, features)")
+    p.add_argument("--no-pixel-cache", action="store_true",
+                   help="decode every image again with the plain torchvision transform (default: decoded crops are "
+                        "kept per dataset and geometry under HARNESS_CACHE/pixels and shared by every model)")
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="recompute image features (default: kept per model and dataset, so a changed template, "
+                        "class name or metric rescores without touching an image)")
+    p.add_argument("--refresh-cache", action="store_true",
+                   help="recompute and overwrite cached classifiers, pixels and features")
     p.add_argument("--force", action="store_true", help="recompute results that are already finished")
     if p.prog.split()[-1] != "crosscheck":  # the cross-check runs each protocol with its own numerics
         p.add_argument("--numerics", choices=("toolkit", "openclip"), default=None,
@@ -72,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("crosscheck", help="same weights and data under both protocols, with the differences")
     _add_eval_flags(p)
     p.add_argument("--datasets", default=None, help="comma-separated dataset cards (default: all found)")
+
+    from harness.cli_sweep import add_parsers
+
+    add_parsers(sub, _add_eval_flags)
 
     p = sub.add_parser("report", help="markdown + HTML report with tables and plots from result files")
     p.add_argument("--name", default="latest", help="report name: written to <out>/<name>/ (default: latest)")
@@ -187,18 +199,24 @@ def _cmd_validate(args) -> int:
 
 
 def _options(args):
+    from harness.parallel import shard_from_env
     from harness.runner import EvalOptions
 
     if args.batch_size < 1:
         raise HarnessError(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.workers is not None and args.workers < 0:
         raise HarnessError(f"--workers must be 0 or more, got {args.workers}.")
+    shard, device = shard_from_env(args.device)  # torchrun: this rank's share and device
+    if shard is not None and not shard.is_main:
+        logging.getLogger("harness").setLevel(logging.WARNING)
     return EvalOptions(protocol=getattr(args, "protocol", "elevater"), weights=args.weights, batch_size=args.batch_size,
-                       workers=args.workers, device=args.device, precision=args.precision,
+                       workers=args.workers, device=device, precision=args.precision,
                        use_cache=not args.no_cache, refresh_cache=args.refresh_cache, force=args.force,
                        results_root=args.results, save_predictions=not args.no_predictions_json,
                        skip_bad_images=args.skip_bad_images, numerics=getattr(args, "numerics", None),
-                       progress=not args.no_progress and sys.stderr.isatty())
+                       progress=not args.no_progress and sys.stderr.isatty() and (shard is None or shard.is_main),
+                       pixel_cache=not (args.no_cache or args.no_pixel_cache),
+                       feature_cache=not (args.no_cache or args.no_feature_cache), shard=shard)
 
 
 def _cmd_eval(args) -> int:
@@ -208,7 +226,10 @@ def _cmd_eval(args) -> int:
         names = [n.strip() for item in args.dataset for n in item.split(",") if n.strip()]
     else:
         names = [n.strip() for n in args.datasets.split(",")] if args.datasets else None
-    summary = evaluate(args.model, names, args.data_root, _options(args))
+    options = _options(args)
+    summary = evaluate(args.model, names, args.data_root, options)
+    if options.shard is not None and not options.shard.is_main:
+        return 0  # rank 0 reports
     print("\n".join(summary.lines()))
     if args.command == "eval" and summary.missing:
         print("\n".join(summary.missing.values()), file=sys.stderr)
@@ -216,11 +237,22 @@ def _cmd_eval(args) -> int:
     return 1 if summary.failed else 0
 
 
+def _cmd_sweep(args) -> int:
+    from harness import cli_sweep
+
+    if args.command == "cache":
+        return cli_sweep.cmd_cache(args)
+    run = cli_sweep.cmd_sweep if args.command == "sweep" else cli_sweep.cmd_rescore
+    return run(args, _options(args))
+
+
 def _cmd_crosscheck(args) -> int:
     from harness.crosscheck import crosscheck, crosscheck_lines
 
     names = [n.strip() for n in args.datasets.split(",")] if args.datasets else None
     opts = _options(args)
+    if opts.shard is not None:
+        raise HarnessError("crosscheck runs in one process; run eval-all under torchrun for each protocol instead.")
     result = crosscheck(args.model, names, args.data_root, opts)
     print("\n".join(crosscheck_lines(result)))
     return 0 if result["datasets"] else 1
@@ -330,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
                 "table": _cmd_table, "make-demo-data": _cmd_make_demo_data,
                 "import-predictions": _cmd_import_predictions,
                 "make-demo-shards": _cmd_make_demo_shards, "prepare": _cmd_prepare,
-                "export-elevater": _cmd_export_elevater}
+                "export-elevater": _cmd_export_elevater, "sweep": _cmd_sweep, "rescore": _cmd_sweep,
+                "cache": _cmd_sweep}
     try:
         return commands[args.command](args)
     except HarnessError as exc:

@@ -10,7 +10,7 @@ An import checks the file against the dataset (``dataset_name`` is the card's ``
 images of the data under ``--data-root``, C the card's class count, every value finite and in [0, 1], multiclass rows
 summing to 1), scores it with the card's metrics exactly as ``eval`` does (:func:`harness.protocols.elevater_metrics`
 + :func:`harness.metrics.compute` on the labels of that data) and writes a normal schema-2 result
-(:func:`harness.runner.result_record`) under ``<results>/imported/<slug of label>/<model>/elevater/`` with the same
+(:func:`harness.records.result_record`) under ``<results>/imported/<slug of label>/<model>/elevater/`` with the same
 ordered write as ``eval`` (probabilities first under a run-unique name, the JSON last, under the result's lock). That
 folder is a run set of its own: ``table --results`` reads it, ``report`` finds it, and the harness's own results
 (``<results>/*/*/*.json``) never include it. Its run key: ``source: imported``, the sha256 of the file, the card's
@@ -42,7 +42,8 @@ from harness.metrics import compute
 from harness.protocols import elevater_metrics
 from harness.results import data_file_names, finished_result, lock_path, result_json, scan_results
 from harness.runkey import PROTOCOL_VERSIONS, RunKey, dataset_scoring_content
-from harness.runner import refuse_newer, remove_unlisted_data_files, result_record
+from harness.records import result_record
+from harness.results import refuse_newer, remove_unlisted_data_files
 
 logger = logging.getLogger(__name__)
 

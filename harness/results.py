@@ -171,3 +171,24 @@ def elevater_predictions(model_name: str, dataset_name: str, probs, num_params: 
         "rnd_seeds": [0],
         "predictions": [np.round(np.asarray(probs, dtype=np.float64), 6).tolist()],
     }
+
+
+def refuse_newer(path: Path) -> None:
+    version = stored_schema_version(path) if path.is_file() else None
+    if version is not None and version > SCHEMA_VERSION:
+        raise HarnessError(f"{path} was written by a newer harness (schema_version {version}, this one writes "
+                           f"{SCHEMA_VERSION}); it is never overwritten, not even with --force. Upgrade the harness, "
+                           f"or write to another --results folder.")
+
+
+def remove_unlisted_data_files(folder: Path, dataset: str, keep: dict[str, str]) -> None:
+    """Data files of this dataset that the committed JSON does not list (a previous run's, or a killed run's)."""
+    listed = set(keep.values())
+    candidates = [*folder.glob(f"{dataset}.*.probs.npy"), *folder.glob(f"{dataset}.*.predictions.json"),
+                  folder / f"{dataset}.probs.npy", folder / f"{dataset}.predictions.json"]  # schema-1 names
+    for f in candidates:
+        if f.is_file() and f.name not in listed:
+            try:
+                f.unlink()
+            except OSError as exc:
+                logger.warning("could not remove the old file %s (%s)", f, exc)

@@ -9,23 +9,20 @@ reported in one line and the others still run. Each result is computed and writt
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import logging
 import os
-import platform
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness import paths
 from harness.atomic import check_writable_dir, file_lock, remove_stale_temp_files, write_json, write_npy
-from harness.cards import DatasetCard, ModelCard, content_hash, dataset_card_names, get_dataset_card
-from harness.data import MissingDataError, open_eval_data
+from harness.cards import DatasetCard, ModelCard, dataset_card_names, get_dataset_card
+from harness.data import ImageReadError, MissingDataError, open_eval_data
 from harness.errors import HarnessError
-from harness.results import (SCHEMA_VERSION, data_file_names, elevater_predictions, finished_result, lock_path,
-                             result_json, stored_schema_version)
+from harness.records import eval_record
+from harness.results import (data_file_names, elevater_predictions, finished_result, lock_path, refuse_newer,
+                             remove_unlisted_data_files, result_json)
 from harness.runkey import RunKey, changed_parts, make_run_key
 
 logger = logging.getLogger(__name__)
@@ -47,6 +44,11 @@ class EvalOptions:
     progress: bool = True
     skip_bad_images: bool = False
     numerics: str | None = None  # "toolkit" / "openclip"; None: the protocol's (harness.models.numerics)
+    pixel_cache: bool = True  # decoded crops kept per data + geometry (harness.pixels)
+    feature_cache: bool = True  # image features kept per model + data (harness.imagepass)
+    shard: Any = None  # harness.parallel.Shard under torchrun
+    features_only: bool = False  # rescore: read cached image features, never an image
+    on_dataset_done: Any = None  # called (dataset name, images) as each dataset is finished or skipped (sweep)
 
     def resolved_workers(self) -> int:
         if self.workers is not None:
@@ -85,43 +87,6 @@ class RunSummary:
         for name, msg in self.failed.items():
             out.append(f"  FAILED {name}: {msg}")
         return out
-
-
-def _git_hash() -> str | None:
-    """The commit of the checkout the harness runs from (None for an installed package)."""
-    if paths.SOURCE_ROOT is None:
-        return None
-    try:
-        out = subprocess.run(["git", "-C", str(paths.SOURCE_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(paths.SOURCE_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _package_versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {}
-    for pkg in ("torch", "torchvision", "open_clip_torch", "vision-datasets", "vision-evaluation", "numpy",
-                "scikit-learn", "pillow"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _device_name(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return platform.processor() or platform.machine()
 
 
 def _usable_cache(use_cache: bool) -> bool:
@@ -195,7 +160,10 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
     dataset_cards = [d if isinstance(d, DatasetCard) else get_dataset_card(d) for d in names]
     results_root = check_writable_dir(Path(options.results_root or paths.results_dir()), "results folder",
                                       "--results")
-    options = dataclasses.replace(options, use_cache=_usable_cache(options.use_cache))
+    usable = _usable_cache(options.use_cache or options.pixel_cache or options.feature_cache)
+    options = dataclasses.replace(options, use_cache=options.use_cache and usable,
+                                  pixel_cache=options.pixel_cache and usable,
+                                  feature_cache=options.feature_cache and usable)
     summary = RunSummary(model=model_card.name, protocol=options.protocol)
     device = options.resolved_device()
     options = _with_numerics(options, model_card, device)
@@ -203,12 +171,16 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
     weights_sha, loaded = _weights_sha256(model_card, options, loaded)
 
     todo: list[tuple[DatasetCard, Any, RunKey]] = []
+    # under torchrun, ranks other than 0 keep every dataset in their plan and follow rank 0's list
+    plan_options = options if options.shard is None or options.shard.is_main else dataclasses.replace(options,
+                                                                                                     force=True)
     for dcard in dataset_cards:
         if options.protocol == "openclip" and dcard.multilabel and not single:
             summary.not_applicable[dcard.name] = "multilabel: the openclip protocol scores top-1/top-5 only"
             continue
         try:
-            item = _plan_dataset(model_card, dcard, data_root, options, results_root, weights_sha, device, summary)
+            item = _plan_dataset(model_card, dcard, data_root, plan_options, results_root, weights_sha, device,
+                                 summary)
         except MissingDataError as exc:
             summary.missing[dcard.name] = str(exc)
             logger.info("%s", exc)
@@ -218,6 +190,11 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
             continue
         if item is not None:
             todo.append(item)
+        elif options.on_dataset_done is not None:
+            options.on_dataset_done(dcard.name, summary.skipped[dcard.name]["n_images"])
+    if options.shard is not None:  # every rank computes what rank 0 planned, in its order
+        names = options.shard.broadcast([d.name for d, _, _ in todo])
+        todo = [t for name in names for t in todo if t[0].name == name]
     if not todo:
         return summary
 
@@ -229,7 +206,13 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
         try:
             result = _evaluate_locked(loaded, dcard, data, key, options, results_root)
         except Exception as exc:  # one dataset's failure never stops the others
+            if options.shard is not None and not isinstance(exc, ImageReadError):
+                raise  # under torchrun the ranks would fall out of step: stop (a rerun resumes)
             _record_failure(summary, dcard.name, exc, reraise=single)
+            continue
+        if options.on_dataset_done is not None:
+            options.on_dataset_done(dcard.name, len(data))
+        if result.get("_rank_only"):
             continue
         if result.get("_reused"):
             summary.skipped[dcard.name] = result
@@ -262,14 +245,6 @@ def _plan_dataset(model_card: ModelCard, dcard: DatasetCard, data_root: str | Pa
     return dcard, data, key
 
 
-def refuse_newer(path: Path) -> None:
-    version = stored_schema_version(path) if path.is_file() else None
-    if version is not None and version > SCHEMA_VERSION:
-        raise HarnessError(f"{path} was written by a newer harness (schema_version {version}, this one writes "
-                           f"{SCHEMA_VERSION}); it is never overwritten, not even with --force. Upgrade the harness, "
-                           f"or write to another --results folder.")
-
-
 def _evaluate_locked(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, options: EvalOptions,
                      results_root: Path) -> dict:
     """Compute and write one result while holding its lock; a result another run finished meanwhile is reused."""
@@ -279,28 +254,36 @@ def _evaluate_locked(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, op
     def waiting() -> None:
         logger.info("%s: another run is computing this result; waiting for it", dcard.name)
 
+    shard = options.shard
+    if shard is not None and not shard.is_main:  # rank 0 holds the lock and decides; the others follow
+        if shard.broadcast(None) is not None:
+            return {"_rank_only": True}
+        _compute_features_only(loaded, dcard, data, options)
+        return {"_rank_only": True}
     with file_lock(lock_path(results_root, card.name, options.protocol, dcard.name), on_wait=waiting):
         if not options.force:
             prev = finished_result(path, key.hash)
             if prev is not None:
                 logger.info("%s: finished by another run meanwhile, skipping", dcard.name)
+                if shard is not None:
+                    shard.broadcast(True)
                 return {**prev, "_reused": True}
+        if shard is not None:
+            shard.broadcast(None)
         refuse_newer(path)
         remove_stale_temp_files(path.parent)  # safe: writers of this result hold this lock
         return _evaluate_one(loaded, dcard, data, key, options, path)
 
 
-def remove_unlisted_data_files(folder: Path, dataset: str, keep: dict[str, str]) -> None:
-    """Data files of this dataset that the committed JSON does not list (a previous run's, or a killed run's)."""
-    listed = set(keep.values())
-    candidates = [*folder.glob(f"{dataset}.*.probs.npy"), *folder.glob(f"{dataset}.*.predictions.json"),
-                  folder / f"{dataset}.probs.npy", folder / f"{dataset}.predictions.json"]  # schema-1 names
-    for f in candidates:
-        if f.is_file() and f.name not in listed:
-            try:
-                f.unlink()
-            except OSError as exc:
-                logger.warning("could not remove the old file %s (%s)", f, exc)
+def _compute_features_only(loaded: Any, dcard: DatasetCard, data: Any, options: EvalOptions) -> None:
+    """A rank other than 0: its share of the image pass (rank 0 scores and writes)."""
+    from harness.zeroshot import evaluate_dataset
+
+    evaluate_dataset(loaded, dcard, data, options.protocol, options.batch_size, options.resolved_workers(),
+                     use_cache=options.use_cache, refresh=options.refresh_cache, progress=False,
+                     skip_bad_images=options.skip_bad_images, numerics=options.numerics,
+                     pixel_cache=options.pixel_cache, feature_cache=options.feature_cache, shard=options.shard,
+                     features_only=options.features_only)
 
 
 def _evaluate_one(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, options: EvalOptions, path: Path
@@ -314,7 +297,9 @@ def _evaluate_one(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, optio
     workers = options.resolved_workers()
     outcome = evaluate_dataset(loaded, dcard, data, options.protocol, options.batch_size, workers,
                                use_cache=options.use_cache, refresh=options.refresh_cache, progress=options.progress,
-                               skip_bad_images=options.skip_bad_images, numerics=options.numerics)
+                               skip_bad_images=options.skip_bad_images, numerics=options.numerics,
+                               pixel_cache=options.pixel_cache, feature_cache=options.feature_cache,
+                               shard=options.shard, features_only=options.features_only)
     spec, preds, values = outcome.spec, outcome.predictions, outcome.metrics
     if not all(math.isfinite(v) for v in values.values()):
         raise NonFiniteOutputError(f"non-finite metric {values}: check the weights. Nothing was recorded.")
@@ -329,60 +314,9 @@ def _evaluate_one(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, optio
             card.elevater.MODEL_NAME if card.elevater else card.name, dcard.elevater.DATASET, preds.probs,
             n_params, n_visual), indent=None)
         files["predictions"] = names["predictions"]
-    result = _result_record(loaded, dcard, data, key, options, outcome, files, workers)
+    result = eval_record(loaded, dcard, data, key, options, outcome, files, workers)
     write_json(path, result)  # the commit point: from here on the new files are the result
     remove_unlisted_data_files(folder, dcard.name, files)
     logger.info("%s: %s = %.2f (%d images, %.1f img/s)", dcard.name, spec.primary_metric, result["score"],
                 preds.n_images, preds.images_per_second)
-    return result
-
-
-def result_record(key: RunKey, model: dict, dcard: DatasetCard, data: Any, protocol: dict, metric: str,
-                  metrics: dict[str, float], n_images: int, files: dict[str, str], provenance: dict) -> dict:
-    """A schema-2 result (harness.results): an eval's, or imported predictions' (harness.imports). ``provenance``
-    follows the environment (packages, git, python, platform)."""
-    return {
-        "schema_version": SCHEMA_VERSION, "run_key": key.to_json(), "model": model,
-        "dataset": {
-            "card": dcard.name, "card_hash": dcard.card_hash, "content_hash": dcard.content_hash,
-            "version": dcard.version, "layout": data.layout, "location": data.location, "split": dcard.eval_split,
-            "fingerprint": key.parts["data"],
-        },
-        "protocol": protocol, "metric": metric, "score": round(100.0 * metrics[metric], 4), "metrics": metrics,
-        "n_images": n_images, "files": files,
-        "provenance": {"packages": _package_versions(), "git": _git_hash(), "python": sys.version.split()[0],
-                       "platform": platform.platform(), **provenance},
-    }
-
-
-def _result_record(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, options: EvalOptions, outcome: Any,
-                   files: dict[str, str], workers: int) -> dict:
-    from harness.runkey import PROTOCOL_VERSIONS
-
-    card = loaded.card
-    spec, preds, values = outcome.spec, outcome.predictions, outcome.metrics
-    model = {"card": card.name, "card_hash": card.card_hash, "architecture": card.architecture, "method": card.method,
-             "base_model": card.base_model, "retrieval_set": card.retrieval_set, "weights": loaded.weights_identity}
-    protocol = {
-        "name": spec.name, "version": PROTOCOL_VERSIONS[spec.name], "text_source": spec.text_source,
-        "n_classes": len(spec.classnames), "n_templates": len(spec.templates),
-        "text_hash": content_hash([spec.classnames, spec.templates]), "transform": spec.transform_desc,
-        "logit_scale": 100.0, "classifier_cache_key": outcome.classifier_key,
-    }
-    result = result_record(key, model, dcard, data, protocol, spec.primary_metric, values, preds.n_images, files, {
-        "device": loaded.device,
-        "device_name": _device_name(loaded.device),
-        "precision": loaded.precision,
-        "numerics": outcome.numerics.description,
-        "batch_size": options.batch_size,
-        "workers": workers,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(preds.seconds, 3),
-        "images_per_second": round(preds.images_per_second, 2),
-        "classifier_from_cache": outcome.classifier_from_cache,
-    })
-    if preds.skipped:
-        result["skipped_images"] = {"count": len(preds.skipped),
-                                    "ids": [data.image_ids[i] for i in preds.skipped],
-                                    "reasons": preds.skip_reasons}
     return result

@@ -6,7 +6,6 @@ logits = 100 * cos(image, class); probabilities = softmax(logits) — as the ELE
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,12 +17,15 @@ import numpy as np
 from harness import paths
 from harness.atomic import write_torch
 from harness.cards import content_hash
-from harness.errors import HarnessError
-from harness.models.precision import autocast, input_dtype
+from harness.imagepass import LOGIT_SCALE, NonFiniteOutputError, assemble, forward_batches, score
+from harness.models.precision import autocast
 
 logger = logging.getLogger(__name__)
 
-LOGIT_SCALE = 100.0
+__all__ = ["LOGIT_SCALE", "NonFiniteOutputError", "build_classifier", "cached_classifier", "evaluate_dataset",
+           "predict"]
+
+
 def build_classifier(model: Any, tokenizer: Any, classnames: Sequence[str], templates: Sequence[str],
                      device: str = "cpu", precision: str = "fp32", progress: bool = False):
     """Zero-shot classifier weights (D, C), float32, unit columns."""
@@ -81,25 +83,6 @@ def cached_classifier(loaded: Any, classnames: Sequence[str], templates: Sequenc
     return weights, key, False
 
 
-@contextlib.contextmanager
-def _leave_cores_to_workers(device: str, workers: int):
-    """On CPU, the main process's idle OpenMP threads spin and steal cycles from the DataLoader workers that decode
-    images (measured on 2 cores: +35-50% throughput with them left alone). Use the cores the workers do not."""
-    import os
-
-    import torch
-
-    if str(device).startswith("cuda") or workers <= 0:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @dataclass
 class Predictions:
     probs: np.ndarray  # (N, C) float32 softmax probabilities of the scored images, in dataset order
@@ -107,6 +90,7 @@ class Predictions:
     n_images: int  # images scored
     skipped: list[int] = field(default_factory=list)  # dataset indices left out (--skip-bad-images)
     skip_reasons: list[str] = field(default_factory=list)
+    source: str = "decoded"  # where the image features came from (harness.imagepass.FeaturePass.source)
 
     @property
     def images_per_second(self) -> float:
@@ -119,59 +103,39 @@ class Predictions:
         return mask
 
 
-class NonFiniteOutputError(HarnessError):
-    pass
-
-
 def predict(model: Any, classifier: Any, batches: Iterable, n_images: int, device: str = "cpu",
             precision: str = "fp32", progress: Any = None, skip_bad_images: bool = False) -> Predictions:
-    """Run images through the image tower and the classifier. ``batches`` yields (images, indices[, errors]) as
-    :class:`harness.data.TransformedDataset` makes them. An unreadable image fails the run with its message,
-    unless ``skip_bad_images``; a non-finite output always fails it (it is never a score)."""
-    import torch
+    """Probabilities of (normalised images, indices[, errors]) batches, as :class:`harness.data.TransformedDataset`
+    makes them: the image tower (:func:`harness.imagepass.forward_batches`), then :func:`harness.imagepass.score`."""
+    from harness.imagepass import plain_input
 
+    def triples():
+        for batch in batches:
+            yield batch[0], batch[1], batch[2] if len(batch) > 2 else [""] * len(batch[1])
+
+    start = time.perf_counter()
+    pieces, errors = forward_batches(model, triples(), n_images, device, precision, plain_input, progress,
+                                     skip_bad_images)
+    return _predictions(assemble(pieces, n_images), errors, classifier, device, time.perf_counter() - start)
+
+
+def _predictions(features: np.ndarray, errors: dict[int, str], classifier: Any, device: str, seconds: float
+                 ) -> Predictions:
+    """Scored features, the unreadable images (``errors``) left out."""
     from harness.data import ImageReadError
 
-    probs = np.zeros((n_images, classifier.shape[1]), dtype=np.float32)
-    seen = np.zeros(n_images, dtype=bool)
-    skipped: dict[int, str] = {}
-    dtype = input_dtype(precision)
-    amp = autocast(precision, device)
-    start = time.perf_counter()
-    with torch.inference_mode(), _leave_cores_to_workers(device, getattr(batches, "num_workers", 0)):
-        for batch in batches:
-            images, indices = batch[0], batch[1]
-            errors = batch[2] if len(batch) > 2 else [""] * len(indices)
-            idx = indices.numpy() if hasattr(indices, "numpy") else np.asarray(indices)
-            bad = [(int(i), e) for i, e in zip(idx, errors) if e]
-            if bad and not skip_bad_images:
-                raise ImageReadError(bad[0][1])
-            skipped.update(bad)
-            images = images.to(device=device, dtype=dtype, non_blocking=True)
-            with amp():
-                features = model.encode_image(images, normalize=True)
-            # similarities and softmax in fp32 whatever the tower ran in (bf16 logits would tie)
-            logits = LOGIT_SCALE * features.float() @ classifier.float()
-            out = logits.softmax(dim=-1).cpu().numpy()
-            good = np.array([not e for e in errors], dtype=bool)
-            if not np.isfinite(out[good]).all():
-                raise NonFiniteOutputError(
-                    "NaN/inf in the model's output: check the weights (a checkpoint holding NaN, or a precision "
-                    f"too low for it; precision here: {precision}). Nothing was recorded.")
-            probs[idx] = out
-            seen[idx] = True
-            if progress is not None:
-                progress.update(len(idx))
-    seconds = time.perf_counter() - start
-    if not seen.all():
-        raise RuntimeError(f"{int((~seen).sum())} images were never scored")
-    if skipped and len(skipped) == n_images:
-        raise ImageReadError(f"every image failed to read; the first: {next(iter(skipped.values()))}")
-    order = sorted(skipped)
+    n_images = features.shape[0]
+    if errors and len(errors) == n_images:
+        raise ImageReadError(f"every image failed to read; the first: {next(iter(errors.values()))}")
+    order = sorted(errors)
     mask = np.ones(n_images, dtype=bool)
     mask[order] = False
-    return Predictions(probs=probs[mask], seconds=seconds, n_images=int(mask.sum()), skipped=order,
-                       skip_reasons=[skipped[i] for i in order])
+    probs = score(features, classifier, device)[mask]
+    if not np.isfinite(probs).all():
+        raise NonFiniteOutputError("NaN/inf in the probabilities: check the classifier (text tower) weights. "
+                                   "Nothing was recorded.")
+    return Predictions(probs=probs, seconds=seconds, n_images=int(mask.sum()), skipped=order,
+                       skip_reasons=[errors[i] for i in order])
 
 
 def make_loader(dataset: Any, batch_size: int, workers: int, device: str = "cpu"):
@@ -196,32 +160,43 @@ class EvalOutcome:
 
 def evaluate_dataset(loaded: Any, dataset_card: Any, data: Any, protocol: str = "elevater", batch_size: int = 64,
                      workers: int = 2, use_cache: bool = True, refresh: bool = False, progress: bool = False,
-                     skip_bad_images: bool = False, numerics: str | None = None) -> EvalOutcome:
+                     skip_bad_images: bool = False, numerics: str | None = None, pixel_cache: bool = False,
+                     feature_cache: bool = False, shard: Any = None, features_only: bool = False
+                     ) -> EvalOutcome | None:
     """Zero-shot evaluation of a LoadedModel on opened data under a protocol: the one path every caller uses
     (``harness eval``, the cross-check, and the training loop's periodic eval). ``numerics`` (default: the
-    protocol's, see harness.models.numerics) decides whose model code computes the forward pass."""
+    protocol's, see harness.models.numerics) decides whose model code computes the forward pass. The image features
+    come from :func:`harness.imagepass.image_features` (feature cache, pixel cache or decoding; identical bits).
+    Under torchrun (``shard``) every rank computes its share of the batches and rank 0 alone gets the outcome
+    (None on the other ranks)."""
     from tqdm import tqdm
 
     from harness import metrics
-    from harness.data import TransformedDataset
+    from harness.imagepass import image_features
     from harness.models.numerics import default_numerics, numerics_applied, plan
     from harness.protocols import make_protocol
 
     spec = make_protocol(protocol, loaded.card, dataset_card, loaded.preprocess_val)
     nplan = plan(numerics or default_numerics(protocol, loaded.card), loaded.card, loaded.device)
+    main = shard is None or shard.is_main
     with numerics_applied(loaded.model, nplan):
         classifier, key, hit = cached_classifier(loaded, spec.classnames, spec.templates, use_cache=use_cache,
                                                  refresh=refresh, numerics=nplan.key)
         logger.info("%s: classifier %s (%s), numerics %s", dataset_card.name, key, "cache" if hit else "computed",
                     nplan.key)
-        loader = make_loader(TransformedDataset(data, spec.transform), batch_size, workers, loaded.device)
         bar = tqdm(total=len(data), desc=f"{loaded.card.name} | {dataset_card.name}", unit="img",
-                   disable=not progress, leave=False, dynamic_ncols=True)
+                   disable=not (progress and main), leave=False, dynamic_ncols=True)
         try:
-            preds = predict(loaded.model, classifier, loader, len(data), loaded.device, loaded.precision, bar,
-                            skip_bad_images=skip_bad_images)
+            fp = image_features(loaded, data, spec.transform, batch_size, workers, nplan.key, pixel_cache=pixel_cache,
+                                feature_cache=feature_cache, skip_bad_images=skip_bad_images, progress=bar,
+                                shard=shard, refresh=refresh, features_only=features_only)
         finally:
             bar.close()
+    if not main:
+        return None
+    preds = _predictions(fp.features, fp.errors, classifier, loaded.device, fp.seconds)
+    preds.source = fp.source
+    logger.info("%s: image features from %s", dataset_card.name, fp.source)
     values = metrics.compute(spec.metrics, preds.probs, data.labels[preds.kept(len(data))])
     return EvalOutcome(spec=spec, predictions=preds, metrics=values, classifier_key=key, classifier_from_cache=hit,
                        workers=workers, numerics=nplan)

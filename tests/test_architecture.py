@@ -14,14 +14,15 @@ from conftest import REPO
 # harness layers, lowest first: a module may import its own layer and the ones before it, never a later one.
 LAYERS = [
     ("base", ["harness", "harness.errors", "harness.paths", "harness.atomic", "harness.hashing", "harness.network",
-              "harness.training_log", "harness.cards"]),
+              "harness.training_log", "harness.cards", "harness.runkey", "harness.cachestore", "harness.parallel"]),
     ("models", ["harness.models"]),
-    ("data", ["harness.data", "harness.synthetic", "harness.prepare"]),
-    ("engine", ["harness.protocols", "harness.zeroshot", "harness.metrics"]),
-    ("runner", ["harness.results", "harness.runkey", "harness.runner", "harness.crosscheck",
+    ("data", ["harness.data", "harness.synthetic", "harness.prepare", "harness.pixels"]),
+    ("engine", ["harness.protocols", "harness.imagepass", "harness.zeroshot", "harness.metrics"]),
+    ("runner", ["harness.results", "harness.records", "harness.runner", "harness.crosscheck",
                 "harness.imports"]),
     ("report", ["harness.report"]),
-    ("cli", ["harness.cli", "harness.__main__"]),
+    ("sweep", ["harness.sweep"]),
+    ("cli", ["harness.cli", "harness.cli_sweep", "harness.__main__"]),
 ]
 MAX_LINES = 400
 
