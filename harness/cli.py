@@ -26,7 +26,8 @@ def _add_eval_flags(p: argparse.ArgumentParser, model_flag: bool = True) -> None
                        help="zero-shot protocol (default: elevater)")
     p.add_argument("--weights", help="weights file to use instead of the card's source (also: env "
                                      "HARNESS_WEIGHTS_<CARD>, or a folder in HARNESS_WEIGHTS_DIR)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (toolkit: 64; default 64)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch (default: 64 on CPU, as the toolkit; 256 on a GPU)")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: min(8, CPUs))")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -52,8 +53,11 @@ def _add_eval_flags(p: argparse.ArgumentParser, model_flag: bool = True) -> None
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave unreadable images out instead of failing the dataset; the result records how many and "
                         "which (the score is then over fewer images than the test set)")
-    p.add_argument("--no-predictions-json", action="store_true",
-                   help="skip the ELEVATER-style predictions JSON export (large for ImageNet)")
+    p.add_argument("--predictions-json", dest="predictions_json", action="store_true", default=None,
+                   help="always write the ELEVATER-style predictions JSON (default: only for sets of up to 2M "
+                        "probabilities, i.e. not ImageNet-1K)")
+    p.add_argument("--no-predictions-json", dest="predictions_json", action="store_false", default=None,
+                   help="never write the predictions JSON (the .probs.npy file is always written)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -202,7 +206,7 @@ def _options(args):
     from harness.parallel import shard_from_env
     from harness.runner import EvalOptions
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise HarnessError(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.workers is not None and args.workers < 0:
         raise HarnessError(f"--workers must be 0 or more, got {args.workers}.")
@@ -212,7 +216,7 @@ def _options(args):
     return EvalOptions(protocol=getattr(args, "protocol", "elevater"), weights=args.weights, batch_size=args.batch_size,
                        workers=args.workers, device=device, precision=args.precision,
                        use_cache=not args.no_cache, refresh_cache=args.refresh_cache, force=args.force,
-                       results_root=args.results, save_predictions=not args.no_predictions_json,
+                       results_root=args.results, save_predictions=args.predictions_json,
                        skip_bad_images=args.skip_bad_images, numerics=getattr(args, "numerics", None),
                        progress=not args.no_progress and sys.stderr.isatty() and (shard is None or shard.is_main),
                        pixel_cache=not (args.no_cache or args.no_pixel_cache),

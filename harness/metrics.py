@@ -108,3 +108,25 @@ def agreement(probs_a: np.ndarray, probs_b: np.ndarray, multilabel: bool = False
     a, b = probs_a.astype(np.float64), probs_b.astype(np.float64)
     same_top1 = None if multilabel else 100.0 * float((a.argmax(1) == b.argmax(1)).mean())
     return {"agreement": same_top1, "max_abs_dprob": float(np.abs(a - b).max())}
+
+
+def import_in_background() -> None:
+    """Start importing vision-evaluation (and so scikit-learn, ~1.7 s on 2 cores) on a thread, once per process: the
+    image pass runs meanwhile (torch releases the GIL), and :func:`compute` finds the modules loaded. Python's import
+    lock makes a concurrent import of the same module wait for this one, never load it twice."""
+    import sys
+    import threading
+
+    if "vision_evaluation.evaluators" in sys.modules or getattr(import_in_background, "started", False):
+        return
+    import_in_background.started = True  # type: ignore[attr-defined]
+
+    def load() -> None:
+        try:
+            import importlib
+
+            importlib.import_module("vision_evaluation.evaluators")
+        except Exception:  # compute() imports it again and reports the real error
+            pass
+
+    threading.Thread(target=load, name="import-vision-evaluation", daemon=True).start()

@@ -78,7 +78,8 @@ def shard_from_env(device: str | None) -> tuple[Shard | None, str | None]:
     else:
         device = "cpu"
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        # HARNESS_DIST_BACKEND=gloo lets several ranks share one GPU (NCCL refuses two ranks on one device)
+        dist.init_process_group(backend=os.environ.get("HARNESS_DIST_BACKEND") or ("nccl" if cuda else "gloo"))
     logger.info("data-parallel eval: rank %d of %d on %s", rank, world, device)
     return Shard(rank=rank, world=world, local_rank=local_rank, same_node=local_world == world), device
 

@@ -94,6 +94,7 @@ def eval_record(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, options
         "seconds": round(preds.seconds, 3),
         "images_per_second": round(preds.images_per_second, 2),
         "classifier_from_cache": outcome.classifier_from_cache,
+        "image_source": preds.source,  # feature cache, pixel cache, decoded (pixel cache written), decoded
     })
     if preds.skipped:
         result["skipped_images"] = {"count": len(preds.skipped),

@@ -27,12 +27,21 @@ from harness.runkey import RunKey, changed_parts, make_run_key
 
 logger = logging.getLogger(__name__)
 
+# The predictions JSON (the toolkit's submission format) of ImageNet-1K is 50M numbers, ~0.5 GB and a minute of
+# writing per model: by default it is written only up to this many probabilities (all ELEVATER sets but the largest);
+# --predictions-json asks for it always, --no-predictions-json never. The .probs.npy file is always written.
+PREDICTIONS_JSON_AUTO_LIMIT = 2_000_000
+# Batch size on a GPU when --batch-size is not given: fills an H100 with ViT-B/32 (fp32 or amp) and fits ViT-L/14 at
+# 336 px in 16 GB; larger batches bring < 5% there (the device tool's measurements). The batch size is not part of
+# the run key; the toolkit's 64 stays the CPU default.
+GPU_BATCH_SIZE = 256
+
 
 @dataclass
 class EvalOptions:
     protocol: str = "elevater"
     weights: str | None = None
-    batch_size: int = 64
+    batch_size: int | None = None  # None: 64 on CPU (the toolkit's), GPU_BATCH_SIZE on a GPU
     workers: int | None = None
     device: str | None = None
     precision: str = "fp32"
@@ -40,7 +49,7 @@ class EvalOptions:
     refresh_cache: bool = False
     force: bool = False
     results_root: Path | None = None
-    save_predictions: bool = True
+    save_predictions: bool | None = None  # the ELEVATER predictions JSON; None: only for sets of <= 2M probabilities
     progress: bool = True
     skip_bad_images: bool = False
     numerics: str | None = None  # "toolkit" / "openclip"; None: the protocol's (harness.models.numerics)
@@ -49,6 +58,11 @@ class EvalOptions:
     shard: Any = None  # harness.parallel.Shard under torchrun
     features_only: bool = False  # rescore: read cached image features, never an image
     on_dataset_done: Any = None  # called (dataset name, images) as each dataset is finished or skipped (sweep)
+
+    def resolved_batch_size(self, device: str) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return GPU_BATCH_SIZE if str(device).startswith("cuda") else 64
 
     def resolved_workers(self) -> int:
         if self.workers is not None:
@@ -166,7 +180,8 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
                                   feature_cache=options.feature_cache and usable)
     summary = RunSummary(model=model_card.name, protocol=options.protocol)
     device = options.resolved_device()
-    options = _with_numerics(options, model_card, device)
+    options = _with_numerics(dataclasses.replace(options, batch_size=options.resolved_batch_size(device)), model_card,
+                             device)
     single = len(dataset_cards) == 1
     weights_sha, loaded = _weights_sha256(model_card, options, loaded)
 
@@ -307,7 +322,8 @@ def _evaluate_one(loaded: Any, dcard: DatasetCard, data: Any, key: RunKey, optio
     names = data_file_names(dcard.name, f"{key.hash[:8]}{secrets.token_hex(3)}")
     write_npy(folder / names["probs"], preds.probs)
     files = {"probs": names["probs"]}
-    if options.save_predictions:
+    if options.save_predictions or (options.save_predictions is None
+                                    and preds.probs.size <= PREDICTIONS_JSON_AUTO_LIMIT):
         n_params = sum(x.numel() for x in loaded.model.parameters())
         n_visual = sum(x.numel() for x in loaded.model.visual.parameters())
         write_json(folder / names["predictions"], elevater_predictions(

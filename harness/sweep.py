@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,7 @@ class SweepPlan:
         out.append(f"  pixel caches: {len(self.cache_jobs) - len(todo)} ready, {len(todo)} to build "
                    f"({decode:,} images to decode, once)")
         for j in self.cache_jobs:
-            out.append(f"    {j.dataset:30s} {j.geometry:44s} {'ready' if j.cached else 'build':5s} "
+            out.append(f"    {j.dataset:28s} {j.geometry:46s} {'ready' if j.cached else 'build':5s} "
                        f"{len(j.data):7,} images  for {len(j.models)} model(s)")
         out.append("  models, in order: " + ", ".join(m.name for m in self.models))
         if images_per_second:
@@ -115,7 +116,8 @@ def plan_sweep(models: list[str], datasets: list[str] | None, data_root: str | P
             pixels = plan_pixels(transform)
             if pixels is None:
                 continue
-            geometry = "; ".join(d.split(".")[-1] for d in pixels.description)
+            geometry = "; ".join(re.sub(r", max_size=None, antialias=True|interpolation=", "", d.split(".")[-1])
+                                 for d in pixels.description)
             job = jobs.get((dcard.name, geometry))
             if job is None:
                 job = jobs[(dcard.name, geometry)] = CacheJob(
@@ -152,7 +154,8 @@ def run_sweep(plan: SweepPlan, data_root: str | Path, options: Any, report_name:
         for job in plan.cache_jobs:
             if not job.cached:
                 start = time.perf_counter()
-                build_pixel_cache(job.data, job.transform, options.batch_size, options.resolved_workers(),
+                build_pixel_cache(job.data, job.transform, options.resolved_batch_size(options.resolved_device()),
+                                  options.resolved_workers(),
                                   progress=show, shard=options.shard)
                 logger.info("%s: pixel cache built for %s in %.1f s", job.dataset, job.geometry,
                             time.perf_counter() - start)

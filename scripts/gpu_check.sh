@@ -20,9 +20,9 @@ card = get_dataset_card("cifar-10")
 write_iris(card, "$W/data", [i % 10 for i in range(4096)], size=(320, 240))
 write_img2dataset_shards("$W/shards", card.classnames, n_shards=16, samples_per_shard=512, size=(256, 192))
 import yaml
-base = yaml.safe_load(open("model_cards/vitb32_CLIP.yaml"))
+base = yaml.safe_load(open("harness/model_cards/vitb32_CLIP.yaml"))
 for name, arch in (("vitb32_random", "ViT-B-32"), ("react_vitb32_random", "react_ViT-B-32")):
-    c = {"include": "$PWD/model_cards/_base/openai_clip.yaml", "name": name, "architecture": arch, "method": "baseline",
+    c = {"include": "$PWD/harness/model_cards/_base/openai_clip.yaml", "name": name, "architecture": arch, "method": "baseline",
          "weights": {"source": "random", "seed": 0}}
     yaml.safe_dump(c, open(f"$W/cards/{name}.yaml", "w"))
 PY

@@ -219,3 +219,48 @@ def test_two_ranks_under_torchrun_write_what_one_process_writes(demo_root, tmp_p
             np.testing.assert_array_equal(probs, ref)
             assert res["score"] == ref_res["score"] and res["run_key"]["hash"] == ref_res["run_key"]["hash"]
     shutil.rmtree(tmp_path / "cache2", ignore_errors=True)
+
+
+def test_the_predictions_json_is_written_by_default_only_for_small_sets(demo_root, tmp_path, monkeypatch):
+    from harness import runner
+    from harness.cli import main
+
+    base = ["eval", "--model", "tiny_demo_clip", "--dataset", CIFAR, "--data-root", str(demo_root), "--workers", "0",
+            "--no-progress", "--force"]
+    folder = tmp_path / "r" / "tiny_demo_clip" / "elevater"
+
+    def written() -> bool:
+        res = json.loads((folder / f"{CIFAR}.json").read_text())
+        return "predictions" in res["files"]
+
+    assert main([*base, "--results", str(tmp_path / "r")]) == 0 and written()  # 30 x 10: small
+    monkeypatch.setattr(runner, "PREDICTIONS_JSON_AUTO_LIMIT", 299)
+    assert main([*base, "--results", str(tmp_path / "r")]) == 0 and not written()
+    assert main([*base, "--results", str(tmp_path / "r"), "--predictions-json"]) == 0 and written()
+    monkeypatch.setattr(runner, "PREDICTIONS_JSON_AUTO_LIMIT", 10**9)
+    assert main([*base, "--results", str(tmp_path / "r"), "--no-predictions-json"]) == 0 and not written()
+
+
+def test_sweep_plans_decodes_once_evaluates_every_model_and_reports(demo_root, tmp_path, cache, capsys):
+    from harness.cli import main
+
+    card = (REPO / "harness" / "model_cards" / "tiny_demo_clip.yaml").read_text()
+    other = tmp_path / "tiny_seed1.yaml"
+    other.write_text(card.replace("name: tiny_demo_clip", "name: tiny_seed1").replace("seed: 0", "seed: 1"))
+    args = ["sweep", "--models", f"tiny_demo_clip,{other}", "--datasets", f"{CIFAR},{KITTI},caltech-101",
+            "--data-root", str(demo_root), "--results", str(tmp_path / "r"), "--reports", str(tmp_path / "rep"),
+            "--workers", "0", "--no-progress", "--order", "given"]
+    assert main([*args, "--plan-only"]) == 0
+    plan = capsys.readouterr().out
+    assert "2 models x 2 datasets" in plan and "0 ready, 2 to build" in plan and "caltech-101" in plan
+    assert "models, in order: tiny_demo_clip, tiny_seed1" in plan
+    assert not (cache / "pixels").exists(), "--plan-only runs nothing"
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("2 evaluated") == 2 and (tmp_path / "rep" / "sweep" / "index.html").is_file()
+    for model in ("tiny_demo_clip", "tiny_seed1"):
+        for dataset in (CIFAR, KITTI):
+            res = json.loads((tmp_path / "r" / model / "elevater" / f"{dataset}.json").read_text())
+            assert res["provenance"]["image_source"] == "pixel cache", "the sweep decodes before any model runs"
+    assert len(list((cache / "pixels").glob("*/meta.json"))) == 2
+    assert main(args) == 0 and capsys.readouterr().out.count("2 already done") == 2  # resumable
