@@ -21,6 +21,7 @@ which part made a stored result stale.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,4 +83,5 @@ def changed_parts(stored: dict[str, Any] | None, wanted: RunKey) -> list[str]:
     if not isinstance(stored, dict):
         return ["(no run key: written by an older harness)"]
     old = stored.get("parts") if isinstance(stored.get("parts"), dict) else {}
-    return sorted(k for k in set(old) | set(wanted.parts) if old.get(k) != wanted.parts.get(k))
+    new = json.loads(json.dumps(wanted.parts))  # as stored: tuples read back as lists, so compare like with like
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

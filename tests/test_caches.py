@@ -264,3 +264,15 @@ def test_sweep_plans_decodes_once_evaluates_every_model_and_reports(demo_root, t
             assert res["provenance"]["image_source"] == "pixel cache", "the sweep decodes before any model runs"
     assert len(list((cache / "pixels").glob("*/meta.json"))) == 2
     assert main(args) == 0 and capsys.readouterr().out.count("2 already done") == 2  # resumable
+
+
+def test_changed_parts_names_only_what_changed_after_a_json_round_trip(tiny_loaded, demo_root):
+    from harness.runkey import changed_parts, make_run_key
+
+    dcard = get_dataset_card(CIFAR)
+    data = open_eval_data(dcard, demo_root)
+    key = make_run_key(tiny_loaded.card, "a" * 64, dcard, data.fingerprint(), "elevater", "fp32", "cpu")
+    stored = json.loads(json.dumps(key.to_json()))  # what a result file holds: the preprocess tuples are lists now
+    assert changed_parts(stored, key) == []
+    other = make_run_key(tiny_loaded.card, "b" * 64, dcard, data.fingerprint(), "elevater", "amp", "cpu")
+    assert changed_parts(stored, other) == ["precision", "weights"]
