@@ -224,12 +224,13 @@ def _options(args):
 
 
 def _cmd_eval(args) -> int:
+    from harness.cli_sweep import csv_list
     from harness.runner import evaluate
 
     if args.command == "eval":
         names = [n.strip() for item in args.dataset for n in item.split(",") if n.strip()]
     else:
-        names = [n.strip() for n in args.datasets.split(",")] if args.datasets else None
+        names = csv_list(args.datasets)
     options = _options(args)
     summary = evaluate(args.model, names, args.data_root, options)
     if options.shard is not None and not options.shard.is_main:
@@ -251,9 +252,10 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_crosscheck(args) -> int:
+    from harness.cli_sweep import csv_list
     from harness.crosscheck import crosscheck, crosscheck_lines
 
-    names = [n.strip() for n in args.datasets.split(",")] if args.datasets else None
+    names = csv_list(args.datasets)
     opts = _options(args)
     if opts.shard is not None:
         raise HarnessError("crosscheck runs in one process; run eval-all under torchrun for each protocol instead.")

@@ -36,7 +36,8 @@ def add_parsers(sub, add_eval_flags) -> None:
     p.add_argument("--dry-run", action="store_true", help="prune: list what would be removed")
 
 
-def _csv(text: str | None) -> list[str] | None:
+def csv_list(text: str | None) -> list[str] | None:
+    """Names from a comma-separated flag value (None when empty)."""
     return [n.strip() for n in text.split(",") if n.strip()] if text else None
 
 
@@ -44,10 +45,10 @@ def cmd_sweep(args, options) -> int:
     from harness import paths
     from harness.sweep import earlier_throughput, plan_sweep, run_sweep
 
-    models = _csv(args.models)
+    models = csv_list(args.models)
     if not models:
         raise HarnessError("--models needs at least one model card.")
-    plan = plan_sweep(models, _csv(args.datasets), args.data_root, options.protocol, args.order)
+    plan = plan_sweep(models, csv_list(args.datasets), args.data_root, options.protocol, args.order)
     main = options.shard is None or options.shard.is_main
     results = Path(options.results_root or paths.results_dir())
     if main:
@@ -76,7 +77,7 @@ def cmd_rescore(args, options) -> int:
     from harness.runner import evaluate
 
     options = dataclasses.replace(options, features_only=True, force=True, pixel_cache=False, feature_cache=True)
-    summary = evaluate(args.model, _csv(args.datasets), args.data_root, options)
+    summary = evaluate(args.model, csv_list(args.datasets), args.data_root, options)
     print("\n".join(summary.lines()))
     return 1 if summary.failed else 0
 

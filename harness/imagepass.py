@@ -99,7 +99,7 @@ def feature_entry(loaded: Any, data: Any, pixel_key: str, numerics: str, cache_r
                             "precision": loaded.precision, "numerics": numerics})
 
 
-def forward_batches(model: Any, batches: Iterable, n_images: int, device: str, precision: str, to_input: Any,
+def forward_batches(model: Any, batches: Iterable, device: str, precision: str, to_input: Any,
                     progress: Any = None, skip_bad_images: bool = False, sink: Any = None
                     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[int, str]]:
     """Run (images, indices, errors) batches through the image tower: ([(indices, features)], {index: error}).
@@ -143,6 +143,12 @@ def plain_input(images: Any, device: str, dtype: Any):
     return images.to(device=device, dtype=dtype, non_blocking=True)
 
 
+def my_batches(n: int, batch_size: int, shard: Any = None) -> list[range]:
+    """The ``batch_size`` slices of ``n`` images one process runs, or this rank's share of them (harness.parallel)."""
+    batches = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    return shard.mine(batches) if shard is not None else batches
+
+
 def _loader(dataset: Any, batches: list[range], workers: int, device: str):
     from torch.utils.data import DataLoader
 
@@ -156,7 +162,7 @@ def image_features(loaded: Any, data: Any, transform: Any, batch_size: int, work
                    features_only: bool = False) -> FeaturePass:
     """The features of every image of ``data`` under ``transform`` (see the module docstring for the sources)."""
     from harness.data import TransformedDataset
-    from harness.pixels import CropDataset, PixelBuild, iterate_cached, pixel_entry, plan_pixels, to_model_input
+    from harness.pixels import CropDataset, PixelBuild, iterate_cached, pixel_entry, plan_pixels
 
     main = shard is None or shard.is_main
     n, device = len(data), loaded.device
@@ -174,16 +180,12 @@ def image_features(loaded: Any, data: Any, transform: Any, batch_size: int, work
         return FeaturePass(None, {}, 0.0, "feature cache")
     if hit:
         features, errors = cached
-        if errors and not skip_bad_images:
-            from harness.data import ImageReadError
-
-            raise ImageReadError(next(iter(errors.values())))
+        _refuse_unreadable(errors, skip_bad_images)
         if progress is not None:
             progress.update(n)
         return FeaturePass(features, errors, time.perf_counter() - start, "feature cache")
 
-    batches = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-    mine = shard.mine(batches) if shard is not None else batches
+    mine = my_batches(n, batch_size, shard)
     pixels = pentry.load() if pentry is not None and pixel_cache and main and not refresh else None
     if shard is not None and shard.broadcast(pixels is not None) and not main:
         pixels = pentry.load()
@@ -193,12 +195,12 @@ def image_features(loaded: Any, data: Any, transform: Any, batch_size: int, work
     if pixels is not None:
         source = "pixel cache"
         stream = iterate_cached(pixels[0], pixels[1], mine, pin=str(device).startswith("cuda"))
-        to_input = _uint8_input(plan, to_model_input)
+        to_input = _uint8_input(plan)
     elif pentry is not None and pixel_cache:
         build = PixelBuild.start(pentry, shard)
         source = "decoded (pixel cache written)" if build.active else "decoded"
         stream = _loader(CropDataset(data, plan), mine, workers, device)
-        to_input = _uint8_input(plan, to_model_input)
+        to_input = _uint8_input(plan)
     else:
         source = "decoded"
         stream = _loader(TransformedDataset(data, transform), mine, workers, device)
@@ -206,7 +208,7 @@ def image_features(loaded: Any, data: Any, transform: Any, batch_size: int, work
     try:
         # under torchrun unreadable images travel with the features and fail the dataset after the gather, on
         # rank 0, so the ranks stay in step
-        pieces, errors = forward_batches(loaded.model, stream, n, device, loaded.precision, to_input, progress,
+        pieces, errors = forward_batches(loaded.model, stream, device, loaded.precision, to_input, progress,
                                          skip_bad_images or shard is not None, build.write if build else None)
         if shard is not None:
             gathered = shard.gather((pieces, errors))
@@ -220,10 +222,7 @@ def image_features(loaded: Any, data: Any, transform: Any, batch_size: int, work
     if not main:
         return FeaturePass(None, {}, time.perf_counter() - start, source)
     features = assemble(pieces, n)
-    if errors and not skip_bad_images:
-        from harness.data import ImageReadError
-
-        raise ImageReadError(errors[min(errors)])
+    _refuse_unreadable(errors, skip_bad_images)
     if fentry is not None:
         try:
             fentry.write(features, errors)
@@ -232,11 +231,22 @@ def image_features(loaded: Any, data: Any, transform: Any, batch_size: int, work
     return FeaturePass(features, errors, time.perf_counter() - start, source)
 
 
-def _uint8_input(plan: Any, to_model_input: Any):
+def _uint8_input(plan: Any):
+    """uint8 crops -> the model's input, normalised on its device (harness.pixels.to_model_input)."""
+    from harness.pixels import to_model_input
+
     def convert(images: Any, device: str, dtype: Any):
         return to_model_input(images, plan, device, dtype)
 
     return convert
+
+
+def _refuse_unreadable(errors: dict[int, str], skip_bad_images: bool) -> None:
+    """Without --skip-bad-images the first unreadable image (in dataset order) fails the dataset."""
+    if errors and not skip_bad_images:
+        from harness.data import ImageReadError
+
+        raise ImageReadError(errors[min(errors)])
 
 
 def pixel_cache_ready(data: Any, transform: Any) -> bool:
@@ -267,8 +277,7 @@ def build_pixel_cache(data: Any, transform: Any, batch_size: int, workers: int, 
         build.close()
         return "busy"
     n = len(data)
-    batches = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-    mine = shard.mine(batches) if shard is not None else batches
+    mine = my_batches(n, batch_size, shard)
     errors: dict[int, str] = {}
     bar = tqdm(total=n, desc=f"decode | {data.card.name}", unit="img", disable=not (progress and main), leave=False,
                dynamic_ncols=True)

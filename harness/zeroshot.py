@@ -114,13 +114,13 @@ def predict(model: Any, classifier: Any, batches: Iterable, n_images: int, devic
             yield batch[0], batch[1], batch[2] if len(batch) > 2 else [""] * len(batch[1])
 
     start = time.perf_counter()
-    pieces, errors = forward_batches(model, triples(), n_images, device, precision, plain_input, progress,
+    pieces, errors = forward_batches(model, triples(), device, precision, plain_input, progress,
                                      skip_bad_images)
     return _predictions(assemble(pieces, n_images), errors, classifier, device, time.perf_counter() - start)
 
 
-def _predictions(features: np.ndarray, errors: dict[int, str], classifier: Any, device: str, seconds: float
-                 ) -> Predictions:
+def _predictions(features: np.ndarray, errors: dict[int, str], classifier: Any, device: str, seconds: float,
+                 source: str = "decoded") -> Predictions:
     """Scored features, the unreadable images (``errors``) left out."""
     from harness.data import ImageReadError
 
@@ -135,7 +135,7 @@ def _predictions(features: np.ndarray, errors: dict[int, str], classifier: Any, 
         raise NonFiniteOutputError("NaN/inf in the probabilities: check the classifier (text tower) weights. "
                                    "Nothing was recorded.")
     return Predictions(probs=probs, seconds=seconds, n_images=int(mask.sum()), skipped=order,
-                       skip_reasons=[errors[i] for i in order])
+                       skip_reasons=[errors[i] for i in order], source=source)
 
 
 def make_loader(dataset: Any, batch_size: int, workers: int, device: str = "cpu"):
@@ -195,8 +195,7 @@ def evaluate_dataset(loaded: Any, dataset_card: Any, data: Any, protocol: str = 
             bar.close()
     if not main:
         return None
-    preds = _predictions(fp.features, fp.errors, classifier, loaded.device, fp.seconds)
-    preds.source = fp.source
+    preds = _predictions(fp.features, fp.errors, classifier, loaded.device, fp.seconds, fp.source)
     logger.info("%s: image features from %s", dataset_card.name, fp.source)
     values = metrics.compute(spec.metrics, preds.probs, data.labels[preds.kept(len(data))])
     return EvalOutcome(spec=spec, predictions=preds, metrics=values, classifier_key=key, classifier_from_cache=hit,

@@ -5,11 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 W=/tmp/gpu_work; rm -rf $W; mkdir -p $W/cards
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD || exit 1
-fi
-export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HARNESS_CACHE=$W/cache
+source scripts/gpu_env.sh
 log() { echo "$*" | tee -a "$OUT/gpu_check.txt"; }
 log "== $(date -u) $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 log "$(python3 -c 'import torch, open_clip, timm; print("torch", torch.__version__, "open_clip", open_clip.__version__, "timm", timm.__version__)')"

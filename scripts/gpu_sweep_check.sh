@@ -7,11 +7,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 W=/tmp/gpu_sweep; rm -rf $W; mkdir -p $W/cards
 N=${N_IMAGES:-50000}
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD || exit 1
-fi
-export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HARNESS_CACHE=$W/cache
+source scripts/gpu_env.sh
 log() { echo "$*" | tee -a "$OUT/gpu_sweep_check.txt"; }
 log "== $(date -u) $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader), $(nproc) CPUs, $N images"
 python3 - <<PY
