@@ -34,7 +34,7 @@ NPROC ?= 1
 TINY_EPOCHS ?= 8
 TINY_LAUNCH := $(if $(filter 1,$(NPROC)),$(PY) -m training.main,$(VENV)/bin/torchrun --nproc_per_node $(NPROC) -m training.main)
 
-.PHONY: install test dataset-cards demo prepare eval eval-all sweep validate ls bench clean-demo report crosscheck base-checkpoint train-gated train-locked train-tiny
+.PHONY: install test test-fast dataset-cards demo prepare eval eval-all sweep validate ls bench clean-demo report crosscheck base-checkpoint train-gated train-locked train-tiny cli-docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,10 +44,16 @@ install: $(PY)  ## create .venv and install the project with its dev tools (torc
 	$(PIP) install --quiet -e '.[dev]'
 	$(PY) -c "import torch, open_clip, vision_datasets, vision_evaluation; print('installed: torch', torch.__version__, '| open_clip', open_clip.__version__)"
 
-test:  ## the CPU test suite (tiny models, generated data)
+test:  ## the CPU test suite (tiny models, generated data): everything, as CI runs it
 	$(PY) -m pytest -q
 
-dataset-cards:  ## regenerate harness/dataset_yamls/ from reference/elevater_datasets.json
+test-fast:  ## the suite without the tests marked slow (subprocesses, torchrun, make, Chromium, kill loops)
+	$(PY) -m pytest -q -m "not slow"
+
+cli-docs:  ## regenerate docs/cli.md from the command line's own --help
+	$(PY) scripts/make_cli_docs.py
+
+dataset-cards:  ## regenerate harness/cards/dataset_yamls/ from reference/elevater_datasets.json
 	$(PY) scripts/make_dataset_cards.py
 
 validate:  ## check every model and dataset card strictly
@@ -83,18 +89,18 @@ report:  ## report of ./results (and ./logs when present): make report [RESULTS=
 crosscheck:  ## both protocols on the same weights and data: make crosscheck MODEL=... DATA_ROOT=...
 	$(PY) -m harness crosscheck --model $(MODEL) --data-root $(DATA_ROOT) --results $(RESULTS) $(EVAL_FLAGS)
 
-bench:  ## throughput benchmarks (pytest-benchmark); prints images/s and ratios to the forward-only limit
+bench:  ## benchmarks (pytest-benchmark): zero-shot throughput and training steps, with ratios measured in the same run (docs/benchmarks.md)
 	$(PY) -m pytest benchmarks -q -s --benchmark-enable -p no:cacheprovider
 
-base-checkpoint:  ## the README's --resume base: OpenAI ViT-B/32 as a plain state dict at $(BASE_CKPT)
+base-checkpoint:  ## the REACT README's --resume base: OpenAI ViT-B/32 as a plain state dict at $(BASE_CKPT)
 	$(PY) -m training.export_base --card $(BASE_CARD) --out $(BASE_CKPT)
 
-# The flags both README recipes share, in the README's order.
+# The flags both REACT README recipes share, in that README's order.
 REACT_RECIPE_DATA := --train-data '$(TRAIN_DATA)' --dataset-type webdataset --train-num-samples $(TRAIN_NUM_SAMPLES) \
 	--imagenet-val=$(IMAGENET_VAL) --warmup 5000 --batch-size=512 --grad-checkpointing
 REACT_RECIPE_OPT := --wd=0.1 --epochs=32 --workers=4
 
-train-gated:  ## REACT gated-image locked-text tuning (README recipe, 8x V100): make train-gated TRAIN_DATA=... IMAGENET_VAL=... NGPUS=8
+train-gated:  ## REACT gated-image locked-text tuning (REACT README recipe, 8x V100): make train-gated TRAIN_DATA=... IMAGENET_VAL=... NGPUS=8
 	$(VENV)/bin/torchrun --nproc_per_node $(NGPUS) -m training.main \
 	    --save-frequency 1 --zeroshot-frequency 1 \
 	    --name React_gi-clip_b32-lr_5e-4-b_512-grad_ckpt-v100_8-aug_on-p_amp-wds-wk_4 \
@@ -102,7 +108,7 @@ train-gated:  ## REACT gated-image locked-text tuning (README recipe, 8x V100): 
 	    --model react_ViT-B-32-quickgelu --resume $(BASE_CKPT) --lock-image-unlock-gated --lock-text \
 	    $(REACT_AUG) $(TRAIN_FLAGS)
 
-train-locked:  ## REACT locked-text tuning (README recipe, 8x V100): make train-locked TRAIN_DATA=... IMAGENET_VAL=... NGPUS=8
+train-locked:  ## REACT locked-text tuning (REACT README recipe, 8x V100): make train-locked TRAIN_DATA=... IMAGENET_VAL=... NGPUS=8
 	$(VENV)/bin/torchrun --nproc_per_node $(NGPUS) -m training.main \
 	    --save-frequency 1 --zeroshot-frequency 1 --report-to wandb \
 	    --name React_lt-clip_b32-lr_5e-5-b_512-grad_ckpt-v100_8-aug_on-p_amp-wds-wk_4 \

@@ -3,7 +3,7 @@
 One generated JPEG set is written once per session in two layouts holding byte-identical files:
 
 * the ELEVATER toolkit's iris layout for the ``cifar-10`` card (``val.zip`` + ``test.txt`` + ``labels.txt``), which
-  is what ``harness.runner.evaluate`` reads;
+  is what ``harness.run.runner.evaluate`` reads;
 * a torchvision ImageFolder tree (10 class folders) with the same JPEGs, which the OpenCLIP-style baseline reads.
 
 Each benchmark records its images/s in the ``throughput`` fixture (a :class:`Registry`); ``pytest_terminal_summary``
@@ -61,7 +61,7 @@ class Throughput:
 def bench_data(tmp_path_factory) -> BenchData:
     """N_IMAGES class-dependent JPEGs (labels i % 10), written once as ELEVATER iris data and as an ImageFolder."""
     from harness.cards import get_dataset_card
-    from harness.synthetic import write_iris
+    from harness.data.synthetic import write_iris
 
     card = get_dataset_card(DATASET_CARD)
     root = tmp_path_factory.mktemp("bench_data")
@@ -174,7 +174,7 @@ def _bounds(reg: dict, cores: int, workers: int) -> dict[str, float]:
 
 
 def _cache_targets(reg: dict, b: dict, w) -> None:
-    """The issue's targets for the caches, as ratios measured in this run (reported, never asserted)."""
+    """The caches' speed goals, as ratios measured in this run (reported, never asserted)."""
     def verdict(x: float, target: float) -> str:
         return f"{x:.3f} (>= {target:g}: {'met' if x >= target else 'NOT met'})"
 

@@ -31,12 +31,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def cached_run(bench_data, tiny_loaded, throughput, tmp_path_factory):
-    """A function running harness.runner.evaluate with chosen caches (force=True: every round recomputes)."""
-    from harness import paths
+    """A function running harness.run.runner.evaluate with chosen caches (force=True: every round recomputes)."""
+    from harness.core import paths
     from harness.cards import get_dataset_card
-    from harness.protocols import make_protocol
-    from harness.runner import EvalOptions, evaluate
-    from harness.zeroshot import cached_classifier
+    from harness.engine.protocols import make_protocol
+    from harness.run.runner import EvalOptions, evaluate
+    from harness.engine.zeroshot import cached_classifier
 
     spec = make_protocol("elevater", tiny_loaded.card, get_dataset_card(throughput.DATASET_CARD),
                          tiny_loaded.preprocess_val)
@@ -48,7 +48,7 @@ def cached_run(bench_data, tiny_loaded, throughput, tmp_path_factory):
             shutil.rmtree(paths.cache_dir() / "pixels", ignore_errors=True)
         options = EvalOptions(protocol="elevater", batch_size=throughput.BATCH_SIZE, workers=throughput.WORKERS,
                               device="cpu", precision="fp32", force=True, results_root=results_root, progress=False,
-                              pixel_cache=pixel_cache, feature_cache=feature_cache, save_predictions=False)
+                              pixel_cache=pixel_cache, feature_cache=feature_cache, predictions_json=False)
         summary = evaluate(tiny_loaded.card, [throughput.DATASET_CARD], bench_data.data_root, options,
                            loaded=tiny_loaded)
         assert not summary.failed, summary.lines()
@@ -79,7 +79,7 @@ def test_f_rescore_from_features(benchmark, cached_run, bench_data, throughput):
 
 def test_g_whole_process_eval(benchmark, bench_data, throughput, tmp_path_factory):
     """`python -m harness eval` in a fresh process, cold (no pixel or feature cache), classifier cache warm."""
-    from harness import paths
+    from harness.core import paths
 
     results = tmp_path_factory.mktemp("bench_process_results")
     env = dict(os.environ, PYTHONPATH=str(REPO), HARNESS_CACHE=str(paths.cache_dir()))

@@ -13,7 +13,7 @@ as an ImageFolder tree) and the same tiny model (``tiny_demo_clip``, built once)
 (c)  openclip-style loop — the baseline, written here as ``open_clip_train``'s zero-shot eval does it: torchvision
      ImageFolder + the model's ``preprocess_val`` + DataLoader (batch 64, 2 workers) + ``build_zero_shot_classifier``
      + encode_image, normalise, 100 * f @ W, top-k;
-(d)  harness eval, cold — ``harness.runner.evaluate`` end to end on the ELEVATER layout (results in a tmp dir,
+(d)  harness eval, cold — ``harness.run.runner.evaluate`` end to end on the ELEVATER layout (results in a tmp dir,
      classifier cache warm, no pixel or feature cache, ``force=True`` so every round recomputes, 2 workers, batch 64,
      no progress bar); the cached paths are in test_caches_speed.py;
 (d') the image pass alone inside (d), as the harness itself times it (``provenance.seconds``);
@@ -101,7 +101,7 @@ def _record(throughput, name: str, m: dict, note: str):
 def spec(tiny_loaded, throughput):
     """The harness's ELEVATER protocol for cifar-10 on the tiny model: class names, templates, transform."""
     from harness.cards import get_dataset_card
-    from harness.protocols import make_protocol
+    from harness.engine.protocols import make_protocol
 
     return make_protocol("elevater", tiny_loaded.card, get_dataset_card(throughput.DATASET_CARD),
                          tiny_loaded.preprocess_val)
@@ -164,14 +164,14 @@ def openclip_loader(bench_data, tiny_loaded, throughput):
 
 @pytest.fixture(scope="module")
 def harness_run(bench_data, tiny_loaded, spec, throughput, tmp_path_factory):
-    """A function running harness.runner.evaluate once (force=True), with the classifier cache already warm."""
-    from harness.runner import EvalOptions, evaluate
-    from harness.zeroshot import cached_classifier
+    """A function running harness.run.runner.evaluate once (force=True), with the classifier cache already warm."""
+    from harness.run.runner import EvalOptions, evaluate
+    from harness.engine.zeroshot import cached_classifier
 
     cached_classifier(tiny_loaded, spec.classnames, spec.templates)  # warm: the timed runs only pass the images
     results_root = tmp_path_factory.mktemp("bench_results")
     options = EvalOptions(protocol="elevater", batch_size=throughput.BATCH_SIZE, workers=throughput.WORKERS,
-                          device="cpu", precision="fp32", use_cache=True, force=True, results_root=results_root,
+                          device="cpu", precision="fp32", classifier_cache=True, force=True, results_root=results_root,
                           progress=False, pixel_cache=False, feature_cache=False)  # cold: decode every image
 
     def run():
@@ -188,7 +188,7 @@ def harness_run(bench_data, tiny_loaded, spec, throughput, tmp_path_factory):
 
 
 def _harness_probs(results_root: Path, throughput) -> np.ndarray:
-    from harness.results import read_result, result_json
+    from harness.store.results import read_result, result_json
 
     path = result_json(results_root, throughput.MODEL_CARD, "elevater", throughput.DATASET_CARD)
     return np.load(path.parent / read_result(path)["files"]["probs"])
@@ -242,7 +242,7 @@ def test_b_decode_resize(benchmark, spec, bench_data, throughput):
 
 def test_b2_decode_resize_harness_dataset(benchmark, spec, bench_data, throughput):
     from harness.cards import get_dataset_card
-    from harness.data import TransformedDataset, open_eval_data
+    from harness.data.testsets import TransformedDataset, open_eval_data
 
     dataset = TransformedDataset(open_eval_data(get_dataset_card(throughput.DATASET_CARD), bench_data.data_root),
                                  spec.transform)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU proof run (device tool): ViT-B/32 random init — eval throughput (fp32/amp, plain and REACT), training steps
-# with AMP for the README recipes, and a torchrun DDP launch. Writes a summary to $OUT/gpu_check.txt.
+# with AMP for the REACT README recipes, and a torchrun DDP launch. Writes a summary to $OUT/gpu_check.txt.
 # Needs the project's pure-Python dependencies as wheels in .whl/ (see the device README) when the machine lacks them.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -11,14 +11,14 @@ log "== $(date -u) $(nvidia-smi --query-gpu=name,memory.total,driver_version --f
 log "$(python3 -c 'import torch, open_clip, timm; print("torch", torch.__version__, "open_clip", open_clip.__version__, "timm", timm.__version__)')"
 python3 - <<PY
 from harness.cards import get_dataset_card
-from harness.synthetic import write_iris, write_img2dataset_shards
+from harness.data.synthetic import write_iris, write_img2dataset_shards
 card = get_dataset_card("cifar-10")
 write_iris(card, "$W/data", [i % 10 for i in range(4096)], size=(320, 240))
 write_img2dataset_shards("$W/shards", card.classnames, n_shards=16, samples_per_shard=512, size=(256, 192))
 import yaml
-base = yaml.safe_load(open("harness/model_cards/vitb32_CLIP.yaml"))
+base = yaml.safe_load(open("harness/cards/model_cards/vitb32_CLIP.yaml"))
 for name, arch in (("vitb32_random", "ViT-B-32"), ("react_vitb32_random", "react_ViT-B-32")):
-    c = {"include": "$PWD/harness/model_cards/_base/openai_clip.yaml", "name": name, "architecture": arch, "method": "baseline",
+    c = {"include": "$PWD/harness/cards/model_cards/_base/openai_clip.yaml", "name": name, "architecture": arch, "method": "baseline",
          "weights": {"source": "random", "seed": 0}}
     yaml.safe_dump(c, open(f"$W/cards/{name}.yaml", "w"))
 PY

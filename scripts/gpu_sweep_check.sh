@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU sweep check (device tool), issue 10: 50,000 generated ImageNet-like JPEGs (500x375), ViT-B/32 and ViT-L/14 with
+# GPU sweep check (device tool): 50,000 generated ImageNet-like JPEGs (500x375), ViT-B/32 and ViT-L/14 with
 # random weights: cold eval (decode + pixel cache written), warm eval (pixel cache), the AMP forward limit on ready
 # tensors, 2 torchrun ranks on the one GPU (gloo), and the projected time of the 20-card x 21-dataset sweep.
 # Writes $OUT/gpu_sweep_check.txt. Same set-up as scripts/gpu_check.sh (wheels in .whl/ when the machine lacks them).
@@ -13,11 +13,11 @@ log "== $(date -u) $(nvidia-smi --query-gpu=name,memory.total --format=csv,nohea
 python3 - <<PY
 import yaml
 from harness.cards import get_dataset_card
-from harness.synthetic import write_iris
+from harness.data.synthetic import write_iris
 card = get_dataset_card("imagenet-1k")
 write_iris(card, "$W/data", [i % 1000 for i in range($N)], size=(500, 375))
 for name, arch in (("vitb32_random", "ViT-B-32"), ("vitl14_random", "ViT-L-14")):
-    yaml.safe_dump({"include": "$PWD/harness/model_cards/_base/openai_clip.yaml", "name": name, "architecture": arch,
+    yaml.safe_dump({"include": "$PWD/harness/cards/model_cards/_base/openai_clip.yaml", "name": name, "architecture": arch,
                     "method": "baseline", "weights": {"source": "random", "seed": 0}}, open(f"$W/cards/{name}.yaml", "w"))
 PY
 EV="--dataset imagenet-1k --data-root $W/data --device cuda --precision amp --no-progress --workers 14 --force"
@@ -48,5 +48,5 @@ for arch, dim in (("ViT-B-32", 512), ("ViT-L-14", 768)):
         torch.cuda.synchronize()
     print(f"FORWARD-LIMIT {arch} amp: {10 * 256 / (time.perf_counter() - t):.0f} img/s (ready tensors, batch 256)")
 PY
-log "projection: 20 cards x 242,000 images; see README (warm rate of each architecture x its cards)"
+log "projection: 20 cards x 242,000 images; see docs/gpu.md (warm rate of each architecture x its cards)"
 cp $W/*.log "$OUT/" 2>/dev/null; ls $OUT

@@ -12,7 +12,7 @@ REFERENCE_DIR = REPO / "reference"  # copied from the project's shared/reference
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """The offline demo suite (6 real cards' layouts) generated once per session."""
-    from harness.synthetic import make_demo_suite
+    from harness.data.synthetic import make_demo_suite
 
     root = tmp_path_factory.mktemp("demo_data")
     make_demo_suite(root, images_per_class=3)

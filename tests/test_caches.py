@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from harness.cards import get_dataset_card
-from harness.data import ImageReadError, open_eval_data
-from harness.errors import HarnessError
-from harness.zeroshot import evaluate_dataset
+from harness.data.testsets import ImageReadError, open_eval_data
+from harness.core.errors import HarnessError
+from harness.engine.options import EvalOptions
+from harness.engine.zeroshot import evaluate_dataset
 
 from conftest import REPO
 
@@ -38,15 +39,15 @@ def cache(tmp_path, monkeypatch) -> Path:
 def _run(loaded, name: str, root: Path, **kw):
     dcard = kw.pop("dcard", None) or get_dataset_card(name)
     data = open_eval_data(dcard, root)
-    kw = {"pixel_cache": True, "feature_cache": True, "batch_size": 7, "workers": 0, **kw}
-    return evaluate_dataset(loaded, dcard, data, "elevater", use_cache=False, **kw)
+    kw = {"pixel_cache": True, "feature_cache": True, "batch_size": 7, "workers": 0, "progress": False, **kw}
+    return evaluate_dataset(loaded, dcard, data, EvalOptions(protocol="elevater", classifier_cache=False, **kw))
 
 
 class _NoDecoding:
     """Makes any image read fail the test: in-process (workers=0) evaluations must not touch an image."""
 
     def __init__(self, monkeypatch):
-        import harness.data as data
+        import harness.data.testsets as data
 
         def refuse(*args, **kwargs):
             raise AssertionError("an image was read")
@@ -149,8 +150,8 @@ def test_unreadable_images_are_recorded_in_the_cache_and_handled_the_same_warm(t
 
 
 def test_another_geometry_is_another_entry(tiny_loaded, demo_root, cache):
-    from harness.pixels import pixel_entry, plan_pixels
-    from harness.protocols import elevater_transform
+    from harness.store.pixels import pixel_entry, plan_pixels
+    from harness.engine.protocols import elevater_transform
 
     data = open_eval_data(get_dataset_card(CIFAR), demo_root)
     card = tiny_loaded.card
@@ -218,12 +219,14 @@ def test_two_ranks_under_torchrun_write_what_one_process_writes(demo_root, tmp_p
             res, probs = results[run]
             np.testing.assert_array_equal(probs, ref)
             assert res["score"] == ref_res["score"] and res["run_key"]["hash"] == ref_res["run_key"]["hash"]
+            assert res["provenance"]["world_size"] == 2 and res["provenance"]["gathered_by_rank_0"] is True
+        assert ref_res["provenance"]["world_size"] == 1 and ref_res["provenance"]["gathered_by_rank_0"] is False
     shutil.rmtree(tmp_path / "cache2", ignore_errors=True)
 
 
 def test_the_predictions_json_is_written_by_default_only_for_small_sets(demo_root, tmp_path, monkeypatch):
-    from harness import runner
     from harness.cli import main
+    from harness.engine import options
 
     base = ["eval", "--model", "tiny_demo_clip", "--dataset", CIFAR, "--data-root", str(demo_root), "--workers", "0",
             "--no-progress", "--force"]
@@ -234,17 +237,17 @@ def test_the_predictions_json_is_written_by_default_only_for_small_sets(demo_roo
         return "predictions" in res["files"]
 
     assert main([*base, "--results", str(tmp_path / "r")]) == 0 and written()  # 30 x 10: small
-    monkeypatch.setattr(runner, "PREDICTIONS_JSON_AUTO_LIMIT", 299)
+    monkeypatch.setattr(options, "PREDICTIONS_JSON_AUTO_LIMIT", 299)
     assert main([*base, "--results", str(tmp_path / "r")]) == 0 and not written()
     assert main([*base, "--results", str(tmp_path / "r"), "--predictions-json"]) == 0 and written()
-    monkeypatch.setattr(runner, "PREDICTIONS_JSON_AUTO_LIMIT", 10**9)
+    monkeypatch.setattr(options, "PREDICTIONS_JSON_AUTO_LIMIT", 10**9)
     assert main([*base, "--results", str(tmp_path / "r"), "--no-predictions-json"]) == 0 and not written()
 
 
 def test_sweep_plans_decodes_once_evaluates_every_model_and_reports(demo_root, tmp_path, cache, capsys):
     from harness.cli import main
 
-    card = (REPO / "harness" / "model_cards" / "tiny_demo_clip.yaml").read_text()
+    card = (REPO / "harness" / "cards" / "model_cards" / "tiny_demo_clip.yaml").read_text()
     other = tmp_path / "tiny_seed1.yaml"
     other.write_text(card.replace("name: tiny_demo_clip", "name: tiny_seed1").replace("seed: 0", "seed: 1"))
     args = ["sweep", "--models", f"tiny_demo_clip,{other}", "--datasets", f"{CIFAR},{KITTI},caltech-101",
@@ -267,7 +270,7 @@ def test_sweep_plans_decodes_once_evaluates_every_model_and_reports(demo_root, t
 
 
 def test_changed_parts_names_only_what_changed_after_a_json_round_trip(tiny_loaded, demo_root):
-    from harness.runkey import changed_parts, make_run_key
+    from harness.store.runkey import changed_parts, make_run_key
 
     dcard = get_dataset_card(CIFAR)
     data = open_eval_data(dcard, demo_root)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from harness.cards import card_to_dict, get_dataset_card, parse_dataset_card
-from harness.data import MissingDataError, open_eval_data
-from harness.errors import HarnessError
-from harness.synthetic import class_image, demo_labels, write_coco, write_iris
+from harness.data.testsets import MissingDataError, open_eval_data
+from harness.core.errors import HarnessError
+from harness.data.synthetic import class_image, demo_labels, write_coco, write_iris
 
 
 def test_iris_multiclass_reads_labels_and_zip_images(demo_root):
@@ -129,7 +129,7 @@ def test_unparseable_index_is_a_clear_error(tmp_path):
 def test_demo_data_any_size_works_or_is_refused_clearly(tmp_path):
     """More demo images than ImageNet has classes used to crash ("Cannot take a larger sample than population")."""
     from harness.cli import main
-    from harness.synthetic import demo_labels, make_demo_suite
+    from harness.data.synthetic import demo_labels, make_demo_suite
 
     card = get_dataset_card("imagenet-1k")
     labels = demo_labels(card, 60)  # 1,200 images over 1,000 classes
@@ -145,8 +145,8 @@ def test_demo_data_any_size_works_or_is_refused_clearly(tmp_path):
 
 
 def test_one_iris_line_parser_for_eval_and_prepare(tmp_path):
-    from harness.data import parse_iris_line
-    from harness.prepare.verify import VerifyError, read_index
+    from harness.data.testsets import parse_iris_line
+    from harness.data.prepare.verify import VerifyError, read_index
 
     assert parse_iris_line("val.zip@a b.jpg 3\n", 1, "x") == ("val.zip@a b.jpg", [3])
     assert parse_iris_line("img.jpg 0,4", 2, "x", num_classes=5) == ("img.jpg", [0, 4])

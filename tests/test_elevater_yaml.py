@@ -16,7 +16,7 @@ import yaml
 
 from harness.cards import WeightsSpec, all_model_cards, get_model_card
 from harness.cli import main
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.models import build_model, factory
 from harness.models.elevater_export import export_toolkit_yaml, toolkit_yaml_for
 from harness.models.elevater_yaml import resolve_model_card
@@ -172,7 +172,7 @@ def test_a_plain_spec_and_base_includes(tmp_path, tiny_react_sd):
 
 def test_card_names_and_card_yamls_still_resolve():
     assert resolve_model_card("react_vitb32_CLIP") == get_model_card("react_vitb32_CLIP")
-    path = REPO / "harness" / "model_cards" / "tiny_demo_clip.yaml"
+    path = REPO / "harness" / "cards" / "model_cards" / "tiny_demo_clip.yaml"
     assert resolve_model_card(str(path)) == get_model_card("tiny_demo_clip")
 
 
@@ -319,8 +319,9 @@ def test_cli_export_refusal_is_a_clear_error(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------------------------------
 # end to end
 
+@pytest.mark.slow
 def test_cli_eval_of_a_toolkit_yaml(tmp_path, tiny_react_sd):
-    from harness.synthetic import make_demo_suite
+    from harness.data.synthetic import make_demo_suite
 
     data = tmp_path / "data"
     make_demo_suite(data, 3, names=("cifar-10",))

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from harness.cards import WeightsSpec, card_to_dict, get_dataset_card, get_model_card, parse_model_card
-from harness.errors import HarnessError
-from harness.results import SCHEMA_VERSION, read_result, scan_results
-from harness.runner import EvalOptions, evaluate
-from harness.synthetic import make_demo_suite
+from harness.core.errors import HarnessError
+from harness.store.results import SCHEMA_VERSION, read_result, scan_results
+from harness.run.runner import EvalOptions, evaluate
+from harness.data.synthetic import make_demo_suite
 
 from conftest import REPO
 
@@ -75,7 +75,7 @@ def test_precision_is_part_of_the_run_key(demo_root, tmp_path):
 
 
 def test_weights_changed_through_any_route_recompute(demo_root, tmp_path, tiny_file, monkeypatch):
-    from harness.hashing import file_sha256
+    from harness.core.hashing import file_sha256
 
     card = _local_card(tiny_file)
     results = tmp_path / "r"
@@ -127,7 +127,7 @@ def test_cosmetic_card_edits_and_another_path_to_the_same_weights_do_not_recompu
 
 
 def test_crosscheck_reports_the_precision_of_the_results_it_compares(demo_root, tmp_path):
-    from harness.crosscheck import crosscheck
+    from harness.run.crosscheck import crosscheck
 
     results = tmp_path / "r"
     evaluate("tiny_demo_clip", [CIFAR], demo_root, _opts(results, precision="bf16"))
@@ -207,6 +207,7 @@ def test_a_truncated_zip_fails_its_dataset_with_the_zip_named(demo_root, tmp_pat
     assert "val.zip" in summary.failed[CIFAR] and "\n" not in summary.failed[CIFAR]
 
 
+@pytest.mark.slow
 def test_eval_all_cli_continues_past_a_bad_dataset_and_exits_nonzero(demo_root, tmp_path):
     zip_path, _ = _suite_copy(demo_root, tmp_path / "data")
     _rewrite_zip(zip_path, FAULTS["not an image"])
@@ -224,7 +225,7 @@ def test_an_image_over_the_bomb_limit_is_read(tmp_path):
     limit is lifted only around the harness's own decode) and the limit is back in force afterwards."""
     from PIL import Image
 
-    from harness.data import decode_image
+    from harness.data.testsets import decode_image
 
     big = Image.new("L", (14000, 14000), 90)
     buf = io.BytesIO()
@@ -243,7 +244,7 @@ def test_every_pillow_mode_converts_to_the_right_8bit_rgb(mode):
     """16-bit PNGs used to decode to pure white. Reference: the 8-bit value an image viewer shows."""
     from PIL import Image
 
-    from harness.data import decode_image
+    from harness.data.testsets import decode_image
 
     rng = np.random.default_rng(0)
     values8 = rng.integers(0, 256, (6, 5)).astype(np.uint8)
@@ -276,7 +277,7 @@ def test_nan_weights_fail_the_dataset_and_write_nothing(demo_root, tmp_path, tin
     torch.save(sd, nan_file)
     results = tmp_path / "r"
     summary = evaluate(_local_card(nan_file), [CIFAR, KITTI], demo_root,
-                       _opts(results, save_predictions=predictions_json))
+                       _opts(results, predictions_json=predictions_json))
     assert sorted(summary.failed) == [CIFAR, KITTI] and not summary.done
     assert all("NaN" in msg and "check the weights" in msg for msg in summary.failed.values())
     folder = results / "tiny_local" / "elevater"
@@ -300,6 +301,7 @@ def test_a_result_written_by_a_newer_harness_is_never_overwritten(demo_root, tmp
 # ----------------------------------------------------------------------------------------------------------------------
 # folders and caches
 
+@pytest.mark.slow
 def test_results_folder_unusable_fails_before_any_work(demo_root, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -318,7 +320,7 @@ def test_cache_folder_unusable_degrades_to_no_cache_with_a_warning(demo_root, tm
     monkeypatch.setenv("HARNESS_CACHE", str(blocker))
     summary = evaluate("tiny_demo_clip", [CIFAR], demo_root, _opts(tmp_path / "r"))
     assert list(summary.done) == [CIFAR]
-    assert "Continuing without the classifier cache" in caplog.text
+    assert "Continuing without caches" in caplog.text
 
 
 def test_cache_entries_of_the_wrong_size_or_corrupt_are_recomputed_and_leftovers_cleaned(demo_root, tmp_path,
@@ -495,7 +497,7 @@ def test_two_processes_on_one_results_folder_compute_each_result_once(demo_root,
 
 
 def test_stale_temp_files_of_dead_writers_go_and_live_ones_stay(tmp_path):
-    from harness.atomic import remove_stale_temp_files
+    from harness.core.atomic import remove_stale_temp_files
 
     live = tmp_path / f".cifar-10.json.{os.getpid()}.abc123.tmp"
     dead = tmp_path / ".cifar-10.json.4194999.abc123.tmp"  # above the default pid_max: never a live process

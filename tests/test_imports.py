@@ -13,13 +13,14 @@ import pytest
 
 from harness.cards import get_dataset_card
 from harness.cli import main
-from harness.data import open_eval_data
-from harness.errors import HarnessError
-from harness.imports import (DEFAULT_LABEL, default_model, import_predictions, load_imported, run_set_folder)
-from harness.metrics import compute
+from harness.data.testsets import open_eval_data
+from harness.core.errors import HarnessError
+from harness.run.predictions_import import (DEFAULT_LABEL, default_model, import_predictions, load_imported,
+                                            run_set_folder)
+from harness.engine.metrics import compute
 from harness.report import ReportInputs, build
 from harness.report.runsets import compare, index_run_sets
-from harness.results import REQUIRED_KEYS, read_result, scan_results
+from harness.store.results import REQUIRED_KEYS, read_result, scan_results
 
 FIXTURES = Path(__file__).parent / "fixtures" / "elevater_toolkit"
 PREDICTIONS = FIXTURES / "predictions"

@@ -1,6 +1,6 @@
-"""Numbers from harness.metrics checked against independent references.
+"""Numbers from harness.engine.metrics checked against independent references.
 
-Every test compares a value computed through harness.metrics (i.e. through vision-evaluation's evaluators, as the
+Every test compares a value computed through harness.engine.metrics (i.e. through vision-evaluation's evaluators, as the
 ELEVATER toolkit does) with something computed another way: plain numpy, scikit-learn, a brute-force
 implementation written here, or a value worked out by hand. Random cases use numpy.random.default_rng with fixed
 seeds; probability rows are softmax of random logits.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score, top_k_accuracy_score
 
-from harness import metrics
+from harness.engine import metrics
 
 SEEDS = [0, 1, 2]
 
@@ -487,7 +487,7 @@ def test_out_of_range_or_float_labels_raise_value_error():
 
 
 def test_agreement_of_two_runs_against_a_hand_count():
-    from harness.metrics import agreement
+    from harness.engine.metrics import agreement
 
     a = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1]])
     b = np.array([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.2, 0.3, 0.5], [0.5, 0.45, 0.05]])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.cards import WeightsSpec, get_model_card
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.models import build_model, load_weights_strict, read_state_dict, resolve_weights
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
-import time
 
 import pytest
 from huggingface_hub.utils import close_session
 
-from harness import network
+from harness.core import network
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
@@ -63,11 +62,72 @@ def test_offline_flag_answers_at_once_without_a_request(server, online):
     assert _Recorder.seen == []
 
 
-def test_an_unreachable_endpoint_fails_fast(online):
+def test_a_refused_connection_is_unreachable(online):
     online.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
-    start = time.perf_counter()
     assert network.hub_reachable(timeout=2.0) is False
-    assert time.perf_counter() - start < 2.0
+
+
+class _Silent:
+    """A server that accepts a connection, reads the request and never answers: what a filtered or hung host looks
+    like. It records the request it read and whether the client then gave up on it (closed its end)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.request = b""
+        self.read_request = threading.Event()
+        self.abandoned = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:  # closed before any client came
+            return
+        with conn:
+            while b"\r\n\r\n" not in self.request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                self.request += chunk
+            self.read_request.set()
+            try:
+                while conn.recv(4096):  # no answer; wait for the client to close its end
+                    pass
+            except OSError:  # reset by the client: abandoned as well
+                pass
+            self.abandoned.set()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def silent():
+    server = _Silent()
+    yield server
+    server.close()
+
+
+def test_a_silent_endpoint_is_unreachable_once_the_timeout_passes(silent, online):
+    """The request reaches a host that never answers: hub_reachable gives up after its timeout, closes the
+    connection and answers False (not an exception, not a hang)."""
+    online.setenv("HF_ENDPOINT", silent.url)
+    close_session()  # a fresh HTTP session: no pooled connection from another test
+    answer: list[bool] = []
+    caller = threading.Thread(target=lambda: answer.append(network.hub_reachable(timeout=0.5)), daemon=True)
+    caller.start()
+    caller.join(timeout=60)  # a guard against a hang only, far above the 0.5 s asked for
+    assert not caller.is_alive(), "hub_reachable did not return: the timeout was not applied"
+    assert answer == [False]
+    assert silent.read_request.is_set() and silent.request.startswith(b"HEAD / HTTP/1.1\r\n")
+    assert silent.abandoned.wait(timeout=10), "the client left the unanswered request open"
 
 
 def test_proxy_variables_are_honoured(server, online):

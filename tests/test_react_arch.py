@@ -12,7 +12,7 @@ import torch
 from scipy.special import erf
 
 import open_clip
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.models import factory, react
 
 from conftest import REFERENCE_DIR

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import yaml
 
-from harness import paths, training_log
-from harness.cards import ELEVATER_SUITE, IMAGENET, METHODS, Suite, get_model_card, get_suite
-from harness.crosscheck import crosscheck
+from harness.core import paths
+from harness.core import training_log
+from harness.cards import ELEVATER_SUITE, IMAGENET, METHODS, Suite, get_dataset_card, get_model_card, get_suite
+from harness.run.crosscheck import crosscheck
 from harness.report import ReportInputs, build, log_to_wandb
 from harness.report.collect import RESULT_COLUMNS, dataset_columns, families, load_training_runs
 from harness.report.plots import training_plots
 from harness.report.tables import per_method_tables, per_model_tables, react_comparison_tables, training_table
-from harness.runner import EvalOptions, evaluate
+from harness.run.runner import EvalOptions, evaluate
 
 DATASETS = ["cifar-10", "kitti-distance", "hateful-memes", "voc-2007-classification", "oxford-iiit-pets"]
 
@@ -71,18 +72,27 @@ def _row(md: str, title_part: str, first_cell: str) -> list[str]:
     raise AssertionError(f"no row '{first_cell}' under '{title_part}'")
 
 
-def test_report_files_and_purity(setup):
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_report_files_and_purity(setup, tmp_path):
+    """A second build from the same inputs (another time stamp) writes the same bytes and changes none of its inputs.
+    It goes to this test's own folder: the report the other tests read stays as the fixture built it."""
     folder = setup["folder"]
     assert {p.name for p in folder.iterdir()} == {"README.md", "index.html", "results.csv", "plots"}
-    first = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    again = build(setup["inputs"], setup["root"] / "reports", generated_at="T1")
-    second = {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()}
+    first = _files(folder)
+    inputs_before = {where: _files(where) for where in (setup["results"], setup["root"] / "logs")}
+    again = build(setup["inputs"], tmp_path / "reports", generated_at="T1")
+    assert again == tmp_path / "reports" / folder.name
+    second = _files(again)
     assert first.keys() == second.keys()
     for name in first:
         a = first[name].replace(b"T0", b"").replace(b"T1", b"")
         b = second[name].replace(b"T0", b"").replace(b"T1", b"")
         assert a == b, f"{name} changed between two builds from the same inputs"
-    build(setup["inputs"], setup["root"] / "reports", generated_at="T0")  # leave it as the other tests expect
+    assert {where: _files(where) for where in inputs_before} == inputs_before, "building changed its inputs"
+    assert _files(folder) == first  # the shared report is untouched
 
 
 def test_per_model_table_shows_missing_and_counts_the_average(setup):
@@ -97,7 +107,9 @@ def test_per_model_table_shows_missing_and_counts_the_average(setup):
     assert cells["cifar-10"] == f"{results['cifar-10']:.2f}" and cells["voc-2007"] == \
         f"{results['voc-2007-classification']:.2f}"
     expected = np.mean([results[d] for d in DATASETS])
-    assert cells["ELEVATER avg (n/20)"] == f"{expected:.2f} (5/20)"
+    suite = get_suite(ELEVATER_SUITE)
+    n = len(suite.members)
+    assert cells[f"{suite.title} (n/{n})"] == f"{expected:.2f} ({len(DATASETS)}/{n})"
 
 
 def test_per_method_table_and_gain_plot(setup):
@@ -193,6 +205,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(setup, tmp_path):
     browser = _chromium()
     if browser is None:
@@ -280,7 +293,7 @@ def test_display_names_come_from_the_dataset_cards():
     (table,) = per_model_tables(df, datasets, get_suite(ELEVATER_SUITE), "elevater")
     expected = []
     for d in datasets:
-        data = yaml.safe_load((paths.BUILTIN_DATASET_CARDS / f"{d.name}.yaml").read_text())
+        data = yaml.safe_load(get_dataset_card(d.name).path.read_text())  # the card file, wherever it is found
         expected.append(data.get("short_name") or data["name"])
     assert table.header[1:-1] == expected
     assert "voc-2007" in expected and "cifar-10" in expected and "voc-2007-classification" not in expected
@@ -370,7 +383,7 @@ def test_training_table_reads_the_training_log_schema(tmp_path):
 
 
 def test_report_package_names_no_fact_literals():
-    """Dataset names, training-log keys and display names live in the cards and harness.training_log."""
+    """Dataset names, training-log keys and display names live in the cards and harness.core.training_log."""
     sources = {p.name: p.read_text() for p in (paths.PACKAGE_DIR / "report").glob("*.py")}
     assert {"__init__.py", "collect.py", "tables.py", "plots.py", "render.py"} <= set(sources)
     for name, text in sources.items():

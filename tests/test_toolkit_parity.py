@@ -16,9 +16,9 @@ import torch
 from harness.cards import ElevaterModelFields, WeightsSpec, get_model_card
 from harness.models import state_dict_sha256
 from harness.models.numerics import TOOLKIT_LN_EPS, numerics_applied, plan
-from harness.results import read_result
-from harness.runner import EvalOptions, evaluate
-from harness.synthetic import DEMO_DATASETS, make_demo_suite
+from harness.store.results import read_result
+from harness.run.runner import EvalOptions, evaluate
+from harness.data.synthetic import DEMO_DATASETS, make_demo_suite
 
 FIXTURES = Path(__file__).parent / "fixtures" / "elevater_toolkit"
 RUN = json.loads((FIXTURES / "toolkit_run.json").read_text())
@@ -63,8 +63,9 @@ def _probs(results: Path, card: str, protocol: str, dataset: str) -> tuple[dict,
     return res, np.load(results / card / protocol / res["files"]["probs"])
 
 
+@pytest.mark.slow
 def test_elevater_protocol_matches_the_toolkit_per_image(parity):
-    from harness.data import open_eval_data
+    from harness.data.testsets import open_eval_data
     from harness.cards import get_dataset_card
 
     results = parity["root"] / "results"
@@ -97,8 +98,8 @@ def test_crosscheck_shows_openclip_differing_by_the_numerics_only(parity, tmp_pa
     import yaml
 
     from harness.cards import card_to_dict
-    from harness.crosscheck import crosscheck
-    from harness.imports import import_predictions
+    from harness.run.crosscheck import crosscheck
+    from harness.run.predictions_import import import_predictions
 
     results = parity["root"] / "results-cc"
     # the toolkit's own predictions file, imported as a run set for this card, appears beside the two columns

@@ -25,7 +25,7 @@ COVERING = 224  # --train-num-samples: 14 batches of 4 per worker, more than any
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """img2dataset shards 00000..00005 of SIZES samples, keys unique (shard number + index)."""
-    from harness.synthetic import write_img2dataset_shards
+    from harness.data.synthetic import write_img2dataset_shards
 
     root = tmp_path_factory.mktemp("uneven")
     out = root / "shards"
@@ -106,7 +106,7 @@ def test_ranks_read_disjoint_samples_every_epoch_and_resume_repeats_them(shards,
 
 
 def test_too_few_shards_for_ranks_times_workers_is_refused(shards):
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
     from training.data import make_train_data
 
     tok = lambda texts: torch.zeros(len(texts), 1)  # noqa: E731
@@ -139,6 +139,7 @@ def _stats(folder: Path, name: str) -> list[dict]:
     return [json.loads((folder / "logs" / name / f"rank{r}_stats.json").read_text()) for r in range(RANKS)]
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_epochs_and_resume(shards, tmp_path):
     """3 epochs uninterrupted; the same run killed after epoch 1 and resumed with --resume latest."""
     out = subprocess.run(_train_cmd(shards, "full"), cwd=tmp_path, capture_output=True, text=True, timeout=300,
@@ -172,6 +173,7 @@ def test_torchrun_ranks_epochs_and_resume(shards, tmp_path):
         assert [s["keys_by_epoch"][str(e)] for s in resumed] == keys[e]
 
 
+@pytest.mark.slow
 def test_too_few_shards_fails_before_training(shards, tmp_path):
     cmd = _train_cmd(shards, "few", launcher=[sys.executable, "-m", "training.main"])
     cmd[cmd.index("--workers") + 1] = "8"

@@ -14,9 +14,9 @@ from PIL import Image
 from torchvision import transforms as T
 
 from harness.cards import get_dataset_card
-from harness.data import TransformedDataset, open_eval_data
-from harness.protocols import make_protocol
-from harness.zeroshot import build_classifier, cached_classifier, make_loader, predict
+from harness.data.testsets import TransformedDataset, open_eval_data
+from harness.engine.protocols import make_protocol
+from harness.engine.zeroshot import build_classifier, cached_classifier, make_loader, predict
 
 
 def _manual_classifier(model, tokenizer, classnames, templates):

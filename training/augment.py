@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.errors import HarnessError, did_you_mean
+from harness.core.errors import HarnessError, did_you_mean
 
 OPENCLIP_KEYS = {"scale", "ratio", "color_jitter", "re_prob", "re_count", "use_timm", "color_jitter_prob",
                  "gray_scale_prob"}

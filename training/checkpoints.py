@@ -36,7 +36,7 @@ def checkpoint_state(args, completed: int, net: Any, optimizer: Any, scaler: Any
 
 def save_epoch_checkpoints(args, completed: int, state: dict) -> Path | None:
     """Write this epoch's checkpoints as the flags ask (rank 0 only); the ``epoch_<N>.pt`` written, if any."""
-    from harness.atomic import write_torch
+    from harness.core.atomic import write_torch
 
     ckpt_dir = Path(args.checkpoint_path)
     saved = None

@@ -126,7 +126,7 @@ class Passes:
                 read += 1
                 yield sample
             if read == 0:
-                from harness.errors import HarnessError
+                from harness.core.errors import HarnessError
 
                 raise HarnessError(f"worker {worker} of rank {self.rank} read no usable sample from its shards "
                                    f"{[s['url'] for s in shards]} in epoch {epoch}: check those shards.")
@@ -182,7 +182,7 @@ def check_shards(pattern: str, shards: list[str], world_size: int, workers: int)
     """Every shard exists (local paths) and there is at least one shard per worker of every rank."""
     import os
 
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     if not shards:
         raise HarnessError(f"--train-data '{pattern}' names no shards.")
@@ -209,7 +209,7 @@ def make_train_data(pattern: str, preprocess: Callable, tokenizer: Callable, bat
     a fixed number of batches per worker). Call ``set_epoch`` before each epoch (see the module docstring)."""
     import webdataset as wds
 
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     shards = expand_urls(pattern)
     check_shards(pattern, shards, world_size, workers)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def export_base(card_name: str, out: Path, weights: str | None = None) -> Path:
-    from harness.atomic import write_torch
+    from harness.core.atomic import write_torch
     from harness.cards import get_model_card
     from harness.models import build_model
 
@@ -27,7 +27,7 @@ def export_base(card_name: str, out: Path, weights: str | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     parser = argparse.ArgumentParser(prog="python -m training.export_base", description=__doc__.splitlines()[0])
     parser.add_argument("--card", default="vitb32_CLIP", help="model card to export (default: vitb32_CLIP)")

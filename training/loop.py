@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from harness.models import precision
-from harness import training_log as tl
+from harness.core import training_log as tl
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import training_log as tl
-from harness.errors import HarnessError
+from harness.core import training_log as tl
+from harness.core.errors import HarnessError
 from training.checkpoints import checkpoint_state, save_epoch_checkpoints
 from training.evaluation import EvalTarget, open_eval_target, zero_shot_row
 from training.model_card import write_trained_card

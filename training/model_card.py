@@ -3,7 +3,7 @@
 The card written after training points at the last saved checkpoint (``weights.source: local``), records the
 preprocessing the model was built with and the method (gated-image / locked-text / fine-tuned), so
 ``python -m harness eval-all --model <card>`` evaluates the trained checkpoint. It goes to ``--model-card-dir``,
-by default :func:`harness.paths.user_model_cards_dir` (never the package's built-in cards).
+by default :func:`harness.core.paths.user_model_cards_dir` (never the package's built-in cards).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def write_model_card(card, folder: Path) -> Path:
     """Write ``<folder>/<card name>.yaml`` (validated first, written atomically); empty optional keys left out."""
     import yaml
 
-    from harness.atomic import atomic_write
+    from harness.core.atomic import atomic_write
     from harness.cards import card_to_dict, parse_model_card
 
     data = card_to_dict(card)
@@ -77,7 +77,7 @@ def write_model_card(card, folder: Path) -> Path:
 
 def write_trained_card(args, net, checkpoint: Path) -> Path | None:
     """After training (rank 0): the card of ``checkpoint`` in --model-card-dir; None with --model-card-dir none."""
-    from harness import paths
+    from harness.core import paths
 
     if (args.model_card_dir or "").lower() == "none":
         return None

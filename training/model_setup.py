@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.models.weights import weights_env_var
 
 logger = logging.getLogger("training")

@@ -1,7 +1,7 @@
 """Reporting of ``python -m training.main``: one :meth:`Reporter.log` call per training-log row.
 
 Each row goes (rank 0 only; other ranks' reporters do nothing) to ``<logs>/<name>/metrics.jsonl`` (schema:
-:mod:`harness.training_log`, read by ``python -m harness report``), to the log (``out.log``), and with
+:mod:`harness.core.training_log`, read by ``python -m harness report``), to the log (``out.log``), and with
 ``--report-to tensorboard`` / ``wandb`` / ``all`` to TensorBoard (``<logs>/<name>/tensorboard``) and Weights &
 Biases (offline under ``<logs>/<name>/wandb`` when api.wandb.ai cannot be reached).
 """
@@ -12,8 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from harness import training_log as tl
-from harness.errors import HarnessError
+from harness.core import training_log as tl
+from harness.core.errors import HarnessError
 
 logger = logging.getLogger("training")
 
@@ -36,7 +36,7 @@ def open_wandb(args, log_base: Path) -> Any:
         import wandb
     except ImportError as exc:
         raise HarnessError("--report-to wandb needs wandb: pip install -e '.[wandb]'") from exc
-    from harness.network import wandb_offline_if_unreachable
+    from harness.core.network import wandb_offline_if_unreachable
 
     wandb_offline_if_unreachable(str(log_base))
     return wandb.init(project=args.wandb_project_name, name=args.name, id=args.name, dir=str(log_base),

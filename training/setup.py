@@ -16,8 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError, did_you_mean
-from harness.training_log import METRICS_FILE
+from harness.core.errors import HarnessError, did_you_mean
+from harness.core.training_log import METRICS_FILE
 
 logger = logging.getLogger("training")
 

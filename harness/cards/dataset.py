@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from harness.cards.schema import (DATA_FORMATS, DATASET_TYPES, ELEVATER_METRICS, _check_keys, _choice, _str_list,
                                   _typed, card_to_dict, content_hash)
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ class DatasetCard:
         return self.type == "multilabel"
 
     @property
-    def content_hash(self) -> str:
-        """Hash of what defines the zero-shot task text side: class names, synonyms and templates."""
+    def text_hash(self) -> str:
+        """Hash of the zero-shot task's text side: class names, synonyms and templates (results store it as
+        ``dataset.content_hash``)."""
         return content_hash({"classnames": self.classnames, "templates": self.templates,
                              "class_synonyms": self.class_synonyms})
 

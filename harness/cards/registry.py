@@ -1,4 +1,4 @@
-"""Finding cards: the folders searched (see harness.paths), loading by name or path, suites, and ``validate``."""
+"""Finding cards: the folders searched (see harness.core.paths), loading by name or path, suites, and ``validate``."""
 from __future__ import annotations
 
 import logging
@@ -6,16 +6,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import paths
+from harness.core import paths
 from harness.cards.dataset import DatasetCard, parse_dataset_card
 from harness.cards.model import ModelCard, parse_model_card
 from harness.cards.schema import METHODS, _check_keys, _str_list, _typed, load_yaml_with_includes
-from harness.errors import HarnessError, did_you_mean
+from harness.core.errors import HarnessError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------------------
-# registry (folders searched in order, see harness.paths; an earlier card shadows a later one of the same name)
+# registry (folders searched in order, see harness.core.paths; an earlier card shadows a later one of the same name)
 
 def _folders(folder: Path | list[Path] | None, default) -> list[Path]:
     if folder is None:
@@ -145,7 +145,7 @@ def validate_all(model_folder: Path | None = None, dataset_folder: Path | None =
             card = load_dataset_card(p)
             datasets[card.name] = card
             ok.append(f"dataset {card.name}: {card.num_classes} classes, {len(card.templates)} templates, "
-                      f"metric {card.metric}, hash {card.content_hash}")
+                      f"metric {card.metric}, hash {card.text_hash}")
         except HarnessError as exc:
             errors.append(str(exc))
     models: dict[str, ModelCard] = {}

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from harness.errors import HarnessError, did_you_mean
+from harness.core.errors import HarnessError, did_you_mean
 
 DATASET_TYPES = ("multiclass", "multilabel")
 DATA_FORMATS = ("iris", "coco")
@@ -103,12 +103,19 @@ def content_hash(payload: Any) -> str:
 
 
 
+# Field metadata for an optional card field added after cards were in use: left out of card_to_dict (and so of the
+# card hash) while it holds its default, so existing cards keep their hashes.
+OMIT_DEFAULT = {"omit_default": True}
+
+
 def card_to_dict(card: Any) -> dict:
-    """A card as plain data (what its hash covers); the file path it was read from is not part of it."""
+    """A card as plain data (what its hash covers); the file path it was read from is not part of it, nor an
+    :data:`OMIT_DEFAULT` field at its default."""
     def convert(obj: Any, top: bool = False) -> Any:
         if dataclasses.is_dataclass(obj):
             return {f.name: convert(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                    if not (top and f.name == "path")}
+                    if not (top and f.name == "path")
+                    and not (f.metadata.get("omit_default") and getattr(obj, f.name) == f.default)}
         if isinstance(obj, Mapping):
             return {str(k): convert(v) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):

@@ -39,15 +39,16 @@ def build_model(card: ModelCard, weights: str | os.PathLike | None = None, devic
     import torch
 
     from harness.models import factory, precision as prec
-    from harness.hashing import file_sha256
+    from harness.core.hashing import file_sha256
     from harness.models.weights import load_weights_strict, read_state_dict, resolve_weights
 
+    architecture = factory.architecture_of(card)  # registers the card's architecture_config file, if any
     path = resolve_weights(card, weights)
     pp = card.preprocess
     if card.weights.source == "random" and path is None:
         torch.manual_seed(card.weights.seed or 0)
     model, _, preprocess_val = factory.create_model_and_transforms(
-        card.architecture,
+        architecture,
         force_quick_gelu=pp.quick_gelu,
         force_image_size=pp.image_size,
         image_mean=pp.mean,
@@ -69,5 +70,5 @@ def build_model(card: ModelCard, weights: str | os.PathLike | None = None, devic
     if half is not None:  # pure half precision; the amp variants keep fp32 weights
         model = model.to(half)
     model.eval()
-    return LoadedModel(card=card, model=model, tokenizer=factory.get_tokenizer(card.architecture),
+    return LoadedModel(card=card, model=model, tokenizer=factory.get_tokenizer(architecture),
                        preprocess_val=preprocess_val, weights_identity=identity, device=device, precision=precision)

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from harness.cards import ModelCard
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.models.elevater_yaml import (CLIP_REACT, CLIP_VOCAB_SIZE, OPENAI_VIT, Architecture, normalized_config,
                                           spec_architecture)
 
@@ -33,7 +33,7 @@ def card_architecture(card: ModelCard) -> Architecture:
     from harness.models import factory
     from harness.models.react import parse_react_cfg
 
-    cfg = factory.model_config(card.architecture)
+    cfg = factory.model_config(factory.architecture_of(card))
     last_k = parse_react_cfg(cfg["vision_cfg"].pop("react_cfg", None)) or None
     cfg["vision_cfg"]["image_size"] = card.preprocess.image_size
     quick_gelu = bool(card.preprocess.quick_gelu or cfg.pop("quick_gelu", False))
@@ -134,7 +134,7 @@ def export_toolkit_yaml(card: ModelCard, out_dir: str | os.PathLike, weights: st
     """Write ``out_dir/<card.elevater.yaml or card name>.yaml``; returns its path."""
     import yaml
 
-    from harness.atomic import atomic_write
+    from harness.core.atomic import atomic_write
 
     data = toolkit_yaml_for(card, weights)
     file_name = (card.elevater.yaml if card.elevater is not None and card.elevater.yaml else f"{card.name}.yaml")

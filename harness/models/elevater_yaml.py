@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.cards import ElevaterModelFields, ModelCard, PreprocessSpec, WeightsSpec, content_hash, get_model_card
-from harness.errors import HarnessError, did_you_mean
+from harness.core.errors import HarnessError, did_you_mean
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,9 @@ import:
   the first time a model is built) build through ``open_clip.create_model_and_transforms``;
 - REACT names (``react_ViT-B-32`` ...; ``harness/models/configs/react/*.json`` in the REACT fork's format: the base
   OpenCLIP config plus ``vision_cfg.react_cfg``) build their base model through OpenCLIP, then
-  :func:`harness.models.react.insert_gated_blocks` adds the gated blocks to that instance.
+  :func:`harness.models.react.insert_gated_blocks` adds the gated blocks to that instance;
+- the user's own architectures (``HARNESS_MODEL_CONFIGS`` folders, a model card's ``architecture_config``), plain or
+  REACT, are read and checked by :mod:`harness.models.user_configs` and then build like the ones above.
 
 The REACT README also calls the bigG models ``ViT-G-14`` / ``react_ViT-G-14``: :data:`ALIASES` maps them.
 """
@@ -19,11 +21,12 @@ import copy
 import functools
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from harness import paths
-from harness.errors import HarnessError, did_you_mean
+from harness.core import paths
+from harness.core.errors import HarnessError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,14 @@ class ReactArchitecture:
     base: str
     last_k_layers: int
     config: dict  # the full config as the REACT fork writes it (base config + vision_cfg.react_cfg)
+    path: Path | None = field(default=None, compare=False)  # the JSON it was read from (None: built in memory)
+    user: bool = field(default=False, compare=False)  # a user's file (HARNESS_MODEL_CONFIGS, a card's config)
+
+    @classmethod
+    def from_file(cls, cf: Any, user: bool) -> "ReactArchitecture":
+        """From a :class:`harness.cards.model.ArchitectureConfig` with a react_cfg."""
+        return cls(name=cf.name, base=cf.base, last_k_layers=cf.react_last_k, config=cf.config, path=cf.path,
+                   user=user)
 
 
 _registered = False
@@ -59,6 +70,14 @@ def register_project_configs() -> None:
     _registered = True
 
 
+def _ensure_registered() -> None:
+    """The project's plain configs and the user's architectures (HARNESS_MODEL_CONFIGS), before any lookup."""
+    from harness.models import user_configs
+
+    register_project_configs()
+    user_configs.register_env_folders()
+
+
 def canonical_name(name: str) -> str:
     """The registered name of an architecture (REACT's ViT-G-14 names are OpenCLIP's ViT-bigG-14)."""
     if name in ALIASES:
@@ -68,28 +87,50 @@ def canonical_name(name: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def react_architectures() -> dict[str, ReactArchitecture]:
-    """Every REACT architecture in harness/models/configs/react/ (the base is the name without ``react_``)."""
-    from harness.models.react import parse_react_cfg
+    """Every REACT architecture in harness/models/configs/react/ (the base is the name without ``react_``), read and
+    checked as a user's REACT file is (:func:`harness.cards.model.read_architecture_config`)."""
+    from harness.cards.model import read_architecture_config
 
     out = {}
     for path in sorted(REACT_CONFIG_DIR.glob("*.json")):
-        name = path.stem
-        config = json.loads(path.read_text(encoding="utf-8"))
-        if not name.startswith(REACT_PREFIX):
-            raise HarnessError(f"{path}: REACT config names start with '{REACT_PREFIX}'.")
-        try:
-            k = parse_react_cfg(config.get("vision_cfg", {}).get("react_cfg"))
-        except ValueError as exc:
-            raise HarnessError(f"{path}: {exc}") from exc
-        if not k:
-            raise HarnessError(f"{path}: vision_cfg.react_cfg must be enabled with last_k_layers >= 1.")
-        out[name] = ReactArchitecture(name=name, base=name[len(REACT_PREFIX):], last_k_layers=k, config=config)
+        cf = read_architecture_config(path)
+        if not cf.react_last_k:
+            raise HarnessError(f"{path}: the configs in {REACT_CONFIG_DIR} are REACT configs: vision_cfg.react_cfg "
+                               f"must be enabled with last_k_layers >= 1.")
+        out[cf.name] = ReactArchitecture.from_file(cf, user=False)
     return out
 
 
 def react_architecture(name: str) -> ReactArchitecture | None:
+    """The REACT architecture called ``name`` (built in, registered in memory, or the user's); None if none is."""
+    from harness.models import user_configs
+
     name = canonical_name(name)
-    return _registered_react.get(name) or react_architectures().get(name)
+    _ensure_registered()
+    return _registered_react.get(name) or react_architectures().get(name) or user_configs.react_architecture(name)
+
+
+def react_architecture_names() -> list[str]:
+    """The REACT architectures: built in first, then those registered in memory and the user's."""
+    from harness.models import user_configs
+
+    _ensure_registered()
+    names = list(react_architectures())
+    return names + sorted((set(_registered_react) | set(user_configs.react_names())) - set(names))
+
+
+def architecture_of(card: Any) -> str:
+    """The architecture a model card builds, after registering the card's ``architecture_config`` file (if any)."""
+    if card.architecture_config is None:
+        return card.architecture
+    from harness.models import user_configs
+
+    name = user_configs.register_file(card.architecture_config_path, f"model card '{card.name}'")
+    if name != card.architecture:
+        raise HarnessError(f"Model card '{card.name}': architecture '{card.architecture}' differs from its "
+                           f"architecture_config file {card.architecture_config_path} (architecture '{name}'). "
+                           f"Set architecture to the file's stem or leave it out.")
+    return name
 
 
 def register_config(name: str, openclip_config: dict, react_last_k: int | None = None) -> str:
@@ -102,10 +143,10 @@ def register_config(name: str, openclip_config: dict, react_last_k: int | None =
     same config does nothing; with another config, or over a different built-in config, is an error."""
     import open_clip
 
-    from harness.atomic import write_json
+    from harness.core.atomic import write_json
     from harness.cards.schema import content_hash
 
-    register_project_configs()
+    _ensure_registered()
     config = copy.deepcopy(openclip_config)
     if "react_cfg" in config.get("vision_cfg", {}):
         raise HarnessError(f"register_config({name!r}): pass the base config and react_last_k, not a react_cfg.")
@@ -140,8 +181,19 @@ def list_architectures() -> list[str]:
     """Every name :func:`create_model_and_transforms` builds."""
     import open_clip
 
-    register_project_configs()
-    return sorted(set(open_clip.list_models()) | set(react_architectures()) | set(_registered_react))
+    _ensure_registered()
+    return sorted(set(open_clip.list_models()) | set(react_architecture_names()))
+
+
+def config_differences(expected: Any, found: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, expected value, found value) for every leaf where two configs differ ("<absent>" for a key one
+    of them lacks)."""
+    if isinstance(expected, dict) and isinstance(found, dict):
+        out = []
+        for key in sorted(set(expected) | set(found), key=str):
+            out += config_differences(expected.get(key, "<absent>"), found.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    return [] if expected == found else [(prefix.rstrip("."), expected, found)]
 
 
 def base_config_of(arch: ReactArchitecture) -> dict:
@@ -150,15 +202,29 @@ def base_config_of(arch: ReactArchitecture) -> dict:
     import open_clip
 
     register_project_configs()
+    path = arch.path or REACT_CONFIG_DIR / f"{arch.name}.json"
     base = open_clip.get_model_config(arch.base)
     if base is None:
-        raise HarnessError(f"REACT architecture {arch.name}: OpenCLIP has no base config '{arch.base}'.")
-    expected = copy.deepcopy(arch.config)
-    expected["vision_cfg"] = {k: v for k, v in expected["vision_cfg"].items() if k != "react_cfg"}
-    if expected != base:
-        raise HarnessError(f"REACT architecture {arch.name}: {REACT_CONFIG_DIR / (arch.name + '.json')} no longer "
-                           f"matches OpenCLIP's '{arch.base}' config ({json.dumps(base, sort_keys=True)}). "
-                           f"OpenCLIP changed the base architecture: update the JSON deliberately.")
+        raise HarnessError(
+            f"REACT architecture {arch.name} ({path}): expected an OpenCLIP config named '{arch.base}' (the name "
+            f"without '{REACT_PREFIX}') among OpenCLIP's, this project's and the HARNESS_MODEL_CONFIGS ones; found "
+            f"none.{did_you_mean(arch.base, open_clip.list_models())} Put {arch.base}.json in a "
+            f"HARNESS_MODEL_CONFIGS folder, or rename the file react_<existing config>.json.")
+    found = copy.deepcopy(arch.config)
+    found["vision_cfg"] = {k: v for k, v in found["vision_cfg"].items() if k != "react_cfg"}
+    if found != base:
+        diffs = "\n".join(f"  {key}: expected {json.dumps(want)} (base '{arch.base}'), found {json.dumps(got)}"
+                          for key, want, got in config_differences(base, found))
+        if arch.user:
+            from harness.models.user_configs import origin
+
+            raise HarnessError(
+                f"REACT architecture {arch.name}: {path} does not match OpenCLIP's '{arch.base}' config, which a "
+                f"REACT-fork JSON repeats exactly (plus vision_cfg.react_cfg):\n{diffs}\nCopy the base config's "
+                f"values from {origin(arch.base)} into the file, or, for another tower, add that tower as a plain "
+                f"config <new-base>.json and name this file react_<new-base>.json.")
+        raise HarnessError(f"REACT architecture {arch.name}: {path} no longer matches OpenCLIP's '{arch.base}' "
+                           f"config:\n{diffs}\nOpenCLIP changed the base architecture: update the JSON deliberately.")
     return base
 
 
@@ -168,7 +234,9 @@ def _require_known(name: str) -> None:
     if name not in open_clip.list_models():
         raise HarnessError(f"Architecture '{name}' is neither an OpenCLIP model config nor a REACT architecture."
                            f"{did_you_mean(name, list_architectures())} REACT architectures: "
-                           f"{', '.join(react_architectures())}.")
+                           f"{', '.join(react_architecture_names())}. To add your own, put <name>.json in a "
+                           f"HARNESS_MODEL_CONFIGS folder or name it in the card's architecture_config "
+                           f"(docs/models.md).")
 
 
 class _DropRandomInitWarning(logging.Filter):
@@ -195,7 +263,7 @@ def _build(builder_name: str, name: str, kwargs: dict) -> Any:
 
     from harness.models.react import insert_gated_blocks
 
-    register_project_configs()
+    _ensure_registered()
     name = canonical_name(name)
     kwargs = {"pretrained": None, **kwargs}
     arch = react_architecture(name)
@@ -207,7 +275,11 @@ def _build(builder_name: str, name: str, kwargs: dict) -> Any:
         base_config_of(arch)
         out = builder(arch.base, **kwargs)
     model = out[0] if isinstance(out, tuple) else out
-    insert_gated_blocks(model, arch.last_k_layers)
+    try:
+        insert_gated_blocks(model, arch.last_k_layers)
+    except (TypeError, ValueError) as exc:
+        raise HarnessError(f"REACT architecture {arch.name} ({arch.path or 'registered in memory'}): {exc}. Check "
+                           f"vision_cfg.react_cfg.last_k_layers and that the base is an OpenCLIP ViT.") from exc
     return out
 
 
@@ -226,8 +298,7 @@ def get_tokenizer(name: str) -> Any:
     """The tokenizer of an architecture (a REACT model's is its base model's)."""
     import open_clip
 
-    register_project_configs()
-    arch = react_architecture(name)
+    arch = react_architecture(name)  # registers the project's and the user's configs first
     return open_clip.get_tokenizer(arch.base if arch else canonical_name(name))
 
 
@@ -235,10 +306,9 @@ def model_config(name: str) -> dict:
     """The config an architecture is built from (for docs and tests); REACT configs include their react_cfg."""
     import open_clip
 
-    arch = react_architecture(name)
+    arch = react_architecture(name)  # registers the project's and the user's configs first
     if arch is not None:
         return copy.deepcopy(arch.config)
-    register_project_configs()
     cfg = open_clip.get_model_config(canonical_name(name))
     if cfg is None:
         raise HarnessError(f"No model config '{name}'.{did_you_mean(name, list_architectures())}")

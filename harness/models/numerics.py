@@ -52,7 +52,7 @@ def default_numerics(protocol: str, card: Any) -> str:
 
 
 def plan(numerics: str, card: Any, device: str = "cpu") -> NumericsPlan:
-    from harness.errors import HarnessError
+    from harness.core.errors import HarnessError
 
     if numerics not in NUMERICS:
         raise HarnessError(f"--numerics {numerics!r}: choose one of {', '.join(NUMERICS)}.")

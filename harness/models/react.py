@@ -20,12 +20,14 @@ import copy
 import functools
 import logging
 from collections import OrderedDict
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from open_clip.transformer import LayerNorm, ResidualAttentionBlock
+
+from harness.cards.model import parse_react_cfg  # noqa: F401  (lives with the config files: torch-free)
 
 logger = logging.getLogger(__name__)
 
@@ -175,20 +177,3 @@ def gated_blocks(model: nn.Module) -> dict[int, GatedAttentionBlock]:
     visual = getattr(model, "visual", model)
     blocks = getattr(getattr(visual, "transformer", None), "resblocks", [])
     return {i: getattr(b, GATED_ATTR) for i, b in enumerate(blocks) if isinstance(getattr(b, GATED_ATTR, None), nn.Module)}
-
-
-def parse_react_cfg(react_cfg: Any) -> int:
-    """last_k_layers from a ``react_cfg`` entry; 0 when absent or disabled. Unknown keys are errors."""
-    if react_cfg is None:
-        return 0
-    if not isinstance(react_cfg, dict):
-        raise ValueError(f"vision_cfg.react_cfg must be a mapping, got {react_cfg!r}")
-    unknown = set(react_cfg) - {"enabled", "last_k_layers"}
-    if unknown:
-        raise ValueError(f"vision_cfg.react_cfg has unknown keys {sorted(unknown)}")
-    if not react_cfg.get("enabled", True):
-        return 0
-    k = react_cfg.get("last_k_layers")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"vision_cfg.react_cfg.last_k_layers must be a positive int, got {k!r}")
-    return k

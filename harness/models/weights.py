@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.cards import ModelCard
-from harness.network import hub_endpoint, hub_reachable, offline_mode
-from harness.errors import HarnessError
+from harness.core.network import hub_endpoint, hub_reachable, offline_mode
+from harness.core.errors import HarnessError
 
 logger = logging.getLogger(__name__)
 

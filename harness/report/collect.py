@@ -8,7 +8,7 @@
   and :func:`families` (baseline card -> its tuned cards), the one grouping every table and plot uses;
 - :func:`with_imported`: the run sets plus the imported ones found under their folders;
 - :func:`load_crosschecks` (``<results>/<model>/crosscheck.json``) and :func:`load_training_runs` (read through
-  :mod:`harness.training_log`, the schema training writes).
+  :mod:`harness.core.training_log`, the schema training writes).
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from harness import training_log
+from harness.core import training_log
 from harness.cards import IMAGENET, DatasetCard, ModelCard, Suite, all_dataset_cards, all_model_cards, \
     load_model_card, load_suites, method_rank
-from harness.errors import HarnessError
-from harness.imports import imported_run_sets
-from harness.results import iter_results, scan_results
+from harness.core.errors import HarnessError
+from harness.run.predictions_import import imported_run_sets
+from harness.store.results import iter_results, scan_results
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -176,7 +176,7 @@ def load_crosschecks(run_sets: list[tuple[str, Path]]) -> list[tuple[str, dict]]
 
 def with_imported(run_sets: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
     """The run sets, then every imported run set under their folders (``<folder>/imported/*/``, labelled by the
-    label recorded in its results; :mod:`harness.imports`), each folder once and each label once."""
+    label recorded in its results; :mod:`harness.run.predictions_import`), each folder once and each label once."""
     out = list(run_sets)
     seen = {Path(folder).resolve() for _, folder in run_sets}
     for _, folder in run_sets:
@@ -205,5 +205,5 @@ def unusable_files(run_sets: list[tuple[str, Path]]) -> list[tuple[str, str]]:
 
 
 def load_training_runs(roots: Iterable[Path]) -> list[TrainingRun]:
-    """(run name, rows) of every ``<root>/<run>/metrics.jsonl`` (:func:`harness.training_log.iter_runs`)."""
+    """(run name, rows) of every ``<root>/<run>/metrics.jsonl`` (:func:`harness.core.training_log.iter_runs`)."""
     return [run for root in roots for run in training_log.iter_runs(Path(root))]

@@ -3,7 +3,7 @@
 - :func:`gain_plots`: per family member, its gain over the baseline on every dataset (one bar each);
 - :func:`published_scatter`: measured vs published numbers of the cards;
 - :func:`training_plots`: per training run, its loss over steps and its zero-shot top-1 over epochs (read with
-  the names of :mod:`harness.training_log`).
+  the names of :mod:`harness.core.training_log`).
 
 PNGs are written without a timestamp (``Software`` metadata dropped), so the same inputs give the same bytes.
 """
@@ -13,9 +13,9 @@ import io
 import logging
 from typing import TYPE_CHECKING
 
-from harness import training_log
+from harness.core import training_log
 from harness.cards import DatasetCard, ModelCard
-from harness.paths import slug
+from harness.core.paths import slug
 from harness.report.collect import TrainingRun, with_published
 from harness.report.tables import family_grids
 

@@ -15,13 +15,13 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.atomic import atomic_write
+from harness.core.atomic import atomic_write
 from harness.cards import ELEVATER_SUITE, ModelCard, get_suite
 from harness.report.collect import (PAPER_LABEL, RESULT_ORDER, ReportInputs, collect, dataset_columns,
                                     load_crosschecks, load_training_runs, model_cards, published_frame,
                                     unusable_files, with_imported)
 from harness.report.runsets import runset_tables
-from harness.paths import slug
+from harness.core.paths import slug
 from harness.report.plots import gain_plots, published_scatter, training_plots
 from harness.report.tables import (MISSING, Table, crosscheck_table, measured_vs_published_table, per_method_tables,
                                    per_model_tables, react_comparison_tables, training_table,

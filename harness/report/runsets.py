@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.cards import DatasetCard
-from harness.imports import PROTOCOL, is_imported, load_probs
-from harness.metrics import METRIC_LABELS, agreement
+from harness.run.predictions_import import PROTOCOL, is_imported, load_probs
+from harness.engine.metrics import METRIC_LABELS, agreement
 from harness.report.tables import MISSING, Table, fmt
-from harness.results import scan_results
+from harness.store.results import scan_results
 
 logger = logging.getLogger(__name__)
 

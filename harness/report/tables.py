@@ -15,9 +15,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
-from harness import training_log
+from harness.core import training_log
 from harness.cards import IMAGENET, DatasetCard, ModelCard, Suite
-from harness.metrics import METRIC_LABELS
+from harness.engine.metrics import METRIC_LABELS
 from harness.report.collect import PAPER_LABEL, Family, TrainingRun, families, published_frame, with_published
 
 if TYPE_CHECKING:

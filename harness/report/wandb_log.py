@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.report.collect import ReportInputs, collect
 
 logger = logging.getLogger(__name__)
@@ -14,7 +14,7 @@ def log_to_wandb(inputs: ReportInputs, project: str = "react-elevater") -> str:
         import wandb
     except ImportError as exc:
         raise HarnessError("--report-to wandb needs wandb: pip install -e '.[wandb]'") from exc
-    from harness.network import wandb_offline_if_unreachable
+    from harness.core.network import wandb_offline_if_unreachable
 
     wandb_offline_if_unreachable()
     df = collect(inputs)
