@@ -198,7 +198,10 @@ def test_two_ranks_under_torchrun_write_what_one_process_writes(demo_root, tmp_p
     datasets = f"{CIFAR},{PETS},voc-2007-classification"
     common = ["eval-all", "--model", "tiny_demo_clip", "--datasets", datasets, "--data-root", str(demo_root),
               "--device", "cpu", "--workers", "0", "--batch-size", "7", "--no-progress"]
-    env = dict(os.environ, PYTHONPATH=str(REPO), PWD_FOR_TEST=str(tmp_path), OMP_NUM_THREADS="1")
+    # no OMP_NUM_THREADS: the single process runs as a user starts it, torchrun sets 1 in its ranks; the harness fixes
+    # the CPU thread count itself, so both compute the same bits (tests/test_determinism.py: a thread-sensitive model)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(PYTHONPATH=str(REPO), PWD_FOR_TEST=str(tmp_path))
     one = _cli([*common, "--results", str(tmp_path / "one"), "--no-pixel-cache", "--no-feature-cache"],
                {**env, "HARNESS_CACHE": str(tmp_path / "cache1")})
     assert "3 evaluated" in one.stdout

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from harness.cards.schema import (INTERPOLATIONS, METHODS, OMIT_DEFAULT, RESIZE_MODES, WEIGHT_SOURCES, _check_keys,
                                   _choice, _typed, card_to_dict, content_hash)
 from harness.core.errors import HarnessError
+from harness.core.safe_read import RefusedFile, load_json
 
 REACT_PREFIX = "react_"
 # What OpenCLIP needs in a config file (its registry silently skips a .json without these three keys).
@@ -173,7 +174,9 @@ def read_architecture_config(path: Path | str, where: str | None = None) -> Arch
         raise HarnessError(f"{what} does not exist. Create it or fix the path (a card's relative path is resolved "
                            f"against the card's own folder).")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = load_json(path, "architecture config")
+    except RefusedFile:
+        raise
     except (OSError, UnicodeDecodeError) as exc:
         raise HarnessError(f"{what} could not be read ({exc}).") from exc
     except json.JSONDecodeError as exc:

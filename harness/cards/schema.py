@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import yaml
 
 from harness.core.errors import HarnessError, did_you_mean
+from harness.core.safe_read import load_yaml
 
 DATASET_TYPES = ("multiclass", "multilabel")
 DATA_FORMATS = ("iris", "coco")
@@ -76,12 +77,16 @@ def load_yaml_with_includes(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     path = Path(path)
     if path.resolve() in _seen:
         raise HarnessError(f"{path}: include cycle through {' -> '.join(str(p) for p in _seen)}.")
-    if not path.is_file():
+    if not path.exists():
         raise HarnessError(f"Card file {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:  # bounded: a regular file of at most KINDS["card"] bytes, nesting at most MAX_DEPTH levels
+        data = load_yaml(path, "card")
     except yaml.YAMLError as exc:
         raise HarnessError(f"{path}: not valid YAML ({exc}).") from exc
+    except UnicodeDecodeError as exc:
+        raise HarnessError(f"{path}: not UTF-8 text ({exc}); a card is a UTF-8 YAML file.") from exc
+    except OSError as exc:
+        raise HarnessError(f"Card file {path} cannot be read ({exc.strerror or exc}).") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):

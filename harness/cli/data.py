@@ -25,6 +25,9 @@ class Prepare(Verb):
                             help="attempts per file on connection errors/5xx (default 4)")
         parser.add_argument("--timeout", type=float, default=60.0,
                             help="seconds of silence before a read fails (default 60)")
+        parser.add_argument("--min-rate", type=float, default=None, metavar="BYTES_PER_S",
+                            help="slowest download accepted, averaged over every --timeout seconds: a file arriving "
+                                 "slower fails like a timeout and is retried, resuming (default 1024; 0: no limit)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(self, args):
@@ -33,8 +36,12 @@ class Prepare(Verb):
         if args.tries < 1 or args.timeout <= 0:
             raise HarnessError(f"--tries must be at least 1 and --timeout positive, got {args.tries} and "
                                f"{args.timeout}.")
+        if args.min_rate is not None and args.min_rate < 0:
+            raise HarnessError(f"--min-rate must be 0 (no limit) or a positive number of bytes per second, got "
+                               f"{args.min_rate}.")
         download = DownloadOptions(tries=args.tries, read_timeout_s=args.timeout,
-                                   progress=not args.no_progress and sys.stderr.isatty())
+                                   progress=not args.no_progress and sys.stderr.isatty(),
+                                   **({} if args.min_rate is None else {"min_rate_bps": args.min_rate}))
         summary = prepare(args.data_root, args.datasets,
                           PrepareOptions(storage_url=args.storage_url, split=args.split, download=download))
         print("\n".join(summary.lines()))

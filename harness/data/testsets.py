@@ -53,20 +53,27 @@ class EvalData:
     def load_image(self, index: int):
         return self._loader.load(index)
 
-    def fingerprint(self) -> dict:
+    def fingerprint(self, fresh: bool = False) -> dict:
         """What identifies the data actually read, cheaply: the image count, and for ELEVATER layouts the sha256 of
-        every file read (index, zips, label map; hashed once per file and remembered, see harness.core.hashing), for
-        an ImageFolder the hash of its (relative path, size) list — its JPEGs are not re-read each run."""
+        every file read (index, zips, label map; hashed once per file identity and remembered, see
+        harness.core.hashing), for an ImageFolder the hash of its (relative path, size) list — its JPEGs are not
+        re-read each run. ``fresh`` (--verify-data, --refresh-cache, --no-cache): the files are hashed now, not taken
+        from the remembered hashes. The fingerprint is kept on this object, so every later use in the run (the pixel
+        cache's key) agrees with the one the run key was made with."""
         from harness.cards import content_hash
         from harness.core.hashing import file_sha256
 
+        kept = vars(self).get("_fingerprint")
+        if kept is not None and not fresh:
+            return dict(kept)
         out: dict[str, Any] = {"layout": self.layout, "n_images": len(self)}
         if self.files:
-            out["files"] = {p.name: file_sha256(p) for p in self.files}
+            out["files"] = {p.name: file_sha256(p, fresh=fresh) for p in self.files}
         else:
             root = Path(self.location)
             out["listing"] = content_hash([[i, (root / i).stat().st_size] for i in self.image_ids])
-        return out
+        vars(self)["_fingerprint"] = out
+        return dict(out)
 
 
 class ImageReadError(HarnessError):

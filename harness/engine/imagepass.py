@@ -28,19 +28,31 @@ SCORE_CHUNK = 4096  # rows per classifier matmul, fixed so scores never depend o
 LOGIT_SCALE = 100.0
 
 
-@contextlib.contextmanager
-def leave_cores_to_workers(device: str, workers: int):
-    """On CPU, the main process's idle OpenMP threads spin and steal cycles from the DataLoader workers that decode
-    images (measured on 2 cores: +35-50% throughput with them left alone). Use the cores the workers do not."""
+def cpu_threads(workers: int = 0) -> int:
+    """The torch intra-op thread count of the harness's CPU math (image pass, classifier, scores): the machine's
+    CPUs less the DataLoader workers that decode beside it, at least 1 (the model's OpenMP threads would otherwise
+    compete with the decoding: on 2 cores with 2 workers, 2 threads made a cold pass 15-30% slower than 1).
+
+    It depends on the machine (``os.cpu_count()``) and ``--workers`` alone — never on OMP_NUM_THREADS, the launcher
+    (torchrun sets OMP_NUM_THREADS=1 in every rank) or where the batches come from (the pixel cache runs no workers):
+    MKL splits a short, deep matrix product (a ViT-B MLP on the last few images of a dataset, the text tower on 2
+    classes x 1 template) over the threads, so another thread count changes the last bits (~1e-7 per probability)."""
     import os
 
+    return max(1, (os.cpu_count() or 1) - max(0, int(workers)))
+
+
+@contextlib.contextmanager
+def fixed_cpu_threads(device: str, workers: int = 0):
+    """Run the enclosed CPU math at :func:`cpu_threads` threads, restoring the caller's count after. CUDA kernels do
+    not depend on it: on a GPU nothing is changed."""
     import torch
 
-    if str(device).startswith("cuda") or workers <= 0:
+    if str(device).startswith("cuda"):
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    torch.set_num_threads(cpu_threads(workers))
     try:
         yield
     finally:
@@ -65,7 +77,7 @@ def probabilities(features: np.ndarray, classifier: Any, device: str) -> np.ndar
 
     out = np.empty((features.shape[0], classifier.shape[1]), dtype=np.float32)
     weights = classifier.to(device).float()
-    with torch.inference_mode():
+    with torch.inference_mode(), fixed_cpu_threads(device):
         for start in range(0, features.shape[0], SCORE_CHUNK):
             rows = torch.from_numpy(np.ascontiguousarray(features[start:start + SCORE_CHUNK])).to(device)
             logits = LOGIT_SCALE * rows.float() @ weights
@@ -73,21 +85,56 @@ def probabilities(features: np.ndarray, classifier: Any, device: str) -> np.ndar
     return out
 
 
+class _Rows:
+    """The features of a pass, gathered into one array that grows by doubling (or is sized once from ``n_rows``).
+
+    Keeping each batch's small feature array alive instead (a list of per-batch pieces) made the main process's
+    memory grow with the dataset: each piece is allocated while the batch's large temporaries are live, so it lands
+    above them in glibc's heap, and the freed temporaries below it are never returned to the system (measured: +0.8
+    MB per batch of 64 at 224 px, ~0.2 GB more at 15,000 images than at 3,000). One array, and copying each batch
+    into it, leaves nothing of a batch alive after it."""
+
+    def __init__(self, n_rows: int | None):
+        self.n_rows, self.count = n_rows, 0
+        self.indices: np.ndarray | None = None
+        self.rows: np.ndarray | None = None
+
+    def add(self, idx: np.ndarray, rows: np.ndarray) -> None:
+        need = self.count + len(idx)
+        if self.rows is None or need > len(self.rows):
+            size = max(need, self.n_rows or 0) if self.rows is None else max(need, 2 * len(self.rows))
+            indices, grown = np.empty(size, dtype=np.int64), np.empty((size, *rows.shape[1:]), dtype=rows.dtype)
+            if self.rows is not None:
+                indices[:self.count], grown[:self.count] = self.indices[:self.count], self.rows[:self.count]
+            self.indices, self.rows = indices, grown
+        self.indices[self.count:need] = idx
+        self.rows[self.count:need] = rows
+        self.count = need
+
+    def pieces(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self.rows is None:
+            return []
+        return [(self.indices[:self.count], self.rows[:self.count])]
+
+
 def forward_batches(model: Any, batches: Iterable, device: str, precision: str, progress: Any = None,
-                    skip_bad_images: bool = False, workers: int = 0
+                    skip_bad_images: bool = False, workers: int = 0, n_rows: int | None = None
                     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[int, str]]:
     """Run (inputs, indices, errors) batches through the image tower: ([(indices, features)], {index: error}).
-    Inputs are moved to ``device`` in the precision's input dtype (a no-op for a source that already did). An
-    unreadable image fails at once unless ``skip_bad_images``; a non-finite feature always fails."""
+    Inputs are moved to ``device`` in the precision's input dtype (a no-op for a source that already did). On CPU
+    the tower runs at :func:`cpu_threads` ``(workers)`` threads: ``workers`` is the run's ``--workers``, whether or
+    not this source decodes with them. An unreadable image fails at once unless ``skip_bad_images``; a non-finite
+    feature always fails. The features come back as one piece (all rows, in the order the batches came);
+    ``n_rows``, when known, sizes it up front."""
     import torch
 
     from harness.data.testsets import ImageReadError
 
     dtype = input_dtype(precision)
     amp = autocast(precision, device)
-    pieces: list[tuple[np.ndarray, np.ndarray]] = []
+    out = _Rows(n_rows)
     errors: dict[int, str] = {}
-    with torch.inference_mode(), leave_cores_to_workers(device, workers):
+    with torch.inference_mode(), fixed_cpu_threads(device, workers):
         for images, indices, batch_errors in batches:
             idx = indices.numpy() if hasattr(indices, "numpy") else np.asarray(indices)
             bad = {int(i): e for i, e in zip(idx, batch_errors) if e}
@@ -97,6 +144,7 @@ def forward_batches(model: Any, batches: Iterable, device: str, precision: str, 
             with amp():
                 features = model.encode_image(images.to(device=device, dtype=dtype, non_blocking=True),
                                               normalize=True)
+            del images  # the batch's inputs go before the next batch is asked for
             if features.dtype == torch.bfloat16:  # numpy has no bf16; float32 holds it exactly
                 features = features.float()
             rows = features.cpu().numpy()
@@ -106,10 +154,10 @@ def forward_batches(model: Any, batches: Iterable, device: str, precision: str, 
                     "NaN/inf in the image tower's output: check the weights (a checkpoint holding NaN, or a "
                     f"precision too low for it; precision here: {precision}). Nothing was recorded.")
             rows[~good] = 0
-            pieces.append((idx, rows))
+            out.add(idx, rows)
             if progress is not None:
                 progress.update(len(idx))
-    return pieces, errors
+    return out.pieces(), errors
 
 
 def image_features(loaded: "LoadedModel", data: "EvalData", transform: Any, options: "EvalOptions", numerics: str,
@@ -139,7 +187,7 @@ def image_features(loaded: "LoadedModel", data: "EvalData", transform: Any, opti
     mine = deal(len(data), options.resolved_batch_size(loaded.device), shard)
     with source.stream(mine, options.resolved_workers(), loaded.device, input_dtype(loaded.precision)) as stream:
         pieces, errors = forward_batches(loaded.model, stream, loaded.device, loaded.precision, progress, skip,
-                                         stream.workers)
+                                         options.resolved_workers(), n_rows=sum(len(b) for b in mine))
         if shard is not None:
             gathered = shard.gather((pieces, errors))
             pieces = [p for rank_pieces, _ in gathered or [] for p in rank_pieces]

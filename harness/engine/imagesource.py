@@ -58,16 +58,50 @@ def feature_entry(loaded: "LoadedModel", data: "EvalData", pixel_key: str, numer
                             "precision": loaded.precision, "numerics": numerics})
 
 
+_MALLOC_TRIM: list = []  # [glibc's malloc_trim, or None where there is none], looked up once per process
+
+
+def _release_freed_memory() -> None:
+    """Hand the pages of freed heap memory back to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    A decoding process frees every image's buffers (the decoded JPEG, the resized and cropped copies, the float
+    tensor: ~1 MB an image at 224 px) after its batch, but glibc keeps freed heap chunks, and the small objects each
+    batch leaves alive scatter them: measured in a DataLoader worker, free heap grew by 0.5 MB per batch of 64, for
+    as long as the pass lasts. Trimming after every batch keeps it flat at no measurable cost (15,000 images at
+    224 px with 2 workers: 23.9 s against 23.7 s)."""
+    if not _MALLOC_TRIM:
+        import ctypes
+
+        try:
+            trim = ctypes.CDLL(None).malloc_trim
+            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        except (OSError, AttributeError):  # not glibc
+            trim = None
+        _MALLOC_TRIM.append(trim)
+    if _MALLOC_TRIM[0] is not None:
+        _MALLOC_TRIM[0](0)
+
+
+def _collate(items: list) -> Any:
+    """torch's default collate of one batch, then the freed memory of its images handed back (in the process that
+    decoded them: a DataLoader worker, or the main process without workers)."""
+    from torch.utils.data import default_collate
+
+    batch = default_collate(items)
+    _release_freed_memory()  # the previous batch's images are freed by now (this one's once the caller drops them)
+    return batch
+
+
 def _loader(dataset: Any, batches: list[range], workers: int, device: str):
     from torch.utils.data import DataLoader
 
-    return DataLoader(dataset, batch_sampler=[list(b) for b in batches], num_workers=workers,
+    return DataLoader(dataset, batch_sampler=[list(b) for b in batches], num_workers=workers, collate_fn=_collate,
                       pin_memory=str(device).startswith("cuda"), persistent_workers=False)
 
 
 class Stream:
     """Batches of model inputs ``(tensor on the device, dataset indices, per-image errors)`` from one source;
-    ``workers`` is how many processes decode for it (the image pass leaves them the cores)."""
+    ``workers`` is how many processes decode for it."""
 
     def __init__(self, batches: Any, convert: Any, workers: int, build: Any = None):
         self._batches, self._convert, self.workers, self._build = batches, convert, workers, build

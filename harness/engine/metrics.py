@@ -129,4 +129,6 @@ def import_in_background() -> None:
         except Exception:  # compute() imports it again and reports the real error
             pass
 
-    threading.Thread(target=load, name="import-vision-evaluation", daemon=True).start()
+    # not a daemon: interpreter exit waits for the import to finish (a daemon thread killed inside a C extension's
+    # import aborts the process with "terminate called without an active exception")
+    threading.Thread(target=load, name="import-vision-evaluation", daemon=False).start()

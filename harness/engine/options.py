@@ -87,6 +87,8 @@ class EvalOptions:
         "or metric rescores without touching an image)", flag="--no-feature-cache"))
     refresh_cache: bool = field(default=False, metadata=_cli(
         "caches", "recompute and overwrite cached classifiers, pixels and features"))
+    verify_data: bool = field(default=False, metadata=_cli(
+        "caches", "re-hash every weights and data file instead of trusting remembered hashes (slow on large sets)"))
     # -- results
     results_root: Path | None = field(default=None, metadata=_cli(
         "results", "results folder (default: ./results or HARNESS_RESULTS)", flag="--results", type=Path, metavar="DIR"))
@@ -102,6 +104,13 @@ class EvalOptions:
     def without_caches(self) -> "EvalOptions":
         """``--no-cache``: no classifier, pixel or feature cache."""
         return dataclasses.replace(self, classifier_cache=False, pixel_cache=False, feature_cache=False)
+
+    @property
+    def rehash_files(self) -> bool:
+        """Hash weights and data files afresh rather than trust the remembered hashes (harness.core.hashing):
+        ``--verify-data``, ``--refresh-cache``, and ``--no-cache`` (no cache of any kind is trusted)."""
+        return self.verify_data or self.refresh_cache or not (self.classifier_cache or self.pixel_cache
+                                                              or self.feature_cache)
 
     @property
     def is_main(self) -> bool:

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from harness.core import paths
-from harness.core.atomic import write_torch
 from harness.cards import content_hash
 from harness.core.distributed import assemble
-from harness.engine.imagepass import LOGIT_SCALE, NonFiniteOutputError, forward_batches, probabilities
+from harness.engine.imagepass import (LOGIT_SCALE, NonFiniteOutputError, fixed_cpu_threads, forward_batches,
+                                      probabilities)
 from harness.engine.options import EvalOptions
 from harness.models.precision import autocast
+from harness.store.integrity import read_verified, write_verified
 
 if TYPE_CHECKING:
     from harness.cards import DatasetCard
@@ -37,11 +38,12 @@ __all__ = ["LOGIT_SCALE", "NonFiniteOutputError", "build_classifier", "cached_cl
 
 def build_classifier(model: Any, tokenizer: Any, classnames: Sequence[str], templates: Sequence[str],
                      device: str = "cpu", precision: str = "fp32", progress: bool = False):
-    """Zero-shot classifier weights (D, C), float32, unit columns."""
+    """Zero-shot classifier weights (D, C), float32, unit columns; on CPU at the harness's fixed thread count
+    (:func:`harness.engine.imagepass.cpu_threads`: the text tower's last bits depend on it)."""
     import torch
     from open_clip import build_zero_shot_classifier
 
-    with torch.inference_mode(), autocast(precision, device)():
+    with torch.inference_mode(), fixed_cpu_threads(device), autocast(precision, device)():
         weights = build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates),
                                              num_classes_per_batch=10, device=device, use_tqdm=progress)
     return weights.float()
@@ -61,19 +63,25 @@ def classifier_cache_key(weights_sha256: str, architecture: str, quick_gelu: boo
 def cached_classifier(loaded: "LoadedModel", classnames: Sequence[str], templates: Sequence[str], use_cache: bool = True,
                       refresh: bool = False, progress: bool = False, cache_root: Path | None = None,
                       numerics: str = "openclip"):
-    """Classifier for a LoadedModel, cached on disk under a content hash of everything that changes it.
+    """Classifier for a LoadedModel, cached on disk under a content hash of everything that changes it. The file
+    has a sidecar checksum (``<key>.pt.json``, harness.store.integrity): a damaged or unchecked file is recomputed,
+    never loaded; a cache folder without room for it costs one warning, never the run.
 
     Returns (weights, cache key, whether it came from the cache).
     """
+    import io
+
     import torch
 
     card = loaded.card
     key = classifier_cache_key(loaded.weights_identity["sha256"], card.architecture, card.preprocess.quick_gelu,
                                classnames, templates, loaded.precision, numerics)
-    path = (cache_root or paths.cache_dir()) / "classifiers" / f"{key}.pt"
-    if use_cache and not refresh and path.is_file():
+    root = cache_root or paths.cache_dir()
+    path = root / "classifiers" / f"{key}.pt"
+    blob = read_verified(path, "classifier cache") if use_cache and not refresh else None
+    if blob is not None:
         try:
-            weights = torch.load(path, map_location="cpu", weights_only=True)
+            weights = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
             expected_rows = getattr(getattr(loaded.model, "visual", None), "output_dim", None) or weights.shape[0]
             if (isinstance(weights, torch.Tensor) and weights.dim() == 2
                     and tuple(weights.shape) == (expected_rows, len(classnames)) and torch.isfinite(weights).all()):
@@ -84,11 +92,10 @@ def cached_classifier(loaded: "LoadedModel", classnames: Sequence[str], template
             logger.warning("ignoring unreadable classifier cache %s (%s); recomputing", path, exc)
     weights = build_classifier(loaded.model, loaded.tokenizer, classnames, templates, loaded.device,
                                loaded.precision, progress)
-    if use_cache:
-        try:
-            write_torch(path, weights.cpu())
-        except OSError as exc:  # an unwritable cache costs a recomputation next time, never the run
-            logger.warning("could not write the classifier cache %s (%s); continuing without it", path, exc)
+    if use_cache:  # an unwritable cache costs a recomputation next time, never the run
+        buf = io.BytesIO()
+        torch.save(weights.cpu(), buf)
+        write_verified(path, buf.getvalue(), root, "the classifier cache")
     return weights, key, False
 
 
@@ -114,9 +121,9 @@ class Predictions:
 
 def predict(model: Any, classifier: Any, batches: Iterable, n_images: int, device: str = "cpu",
             precision: str = "fp32", progress: Any = None, skip_bad_images: bool = False) -> Predictions:
-    """Probabilities of (normalised images, indices[, errors]) batches, as :class:`harness.data.testsets.TransformedDataset`
-    makes them: the image tower (:func:`harness.engine.imagepass.forward_batches`), then
-    :func:`harness.engine.imagepass.probabilities`."""
+    """Probabilities of (normalised images, indices[, errors]) batches, as
+    :class:`harness.data.testsets.TransformedDataset` makes them: the image tower
+    (:func:`harness.engine.imagepass.forward_batches`), then :func:`harness.engine.imagepass.probabilities`."""
 
     def triples():
         for batch in batches:
@@ -139,12 +146,34 @@ def _predictions(features: np.ndarray, errors: dict[int, str], classifier: Any, 
     order = sorted(errors)
     mask = np.ones(n_images, dtype=bool)
     mask[order] = False
+    _check_features(features, mask, source)
     probs = probabilities(features, classifier, device)[mask]
     if not np.isfinite(probs).all():
         raise NonFiniteOutputError("NaN/inf in the probabilities: check the classifier (text tower) weights. "
                                    "Nothing was recorded.")
     return Predictions(probs=probs, seconds=seconds, n_images=int(mask.sum()), skipped=order,
                        skip_reasons=[errors[i] for i in order], source=source)
+
+
+def _check_features(features: np.ndarray, kept: np.ndarray, source: str) -> None:
+    """Image features are unit vectors (the tower normalises them), so a row that is not finite or far from unit
+    length (a damaged cache entry, a broken tower) fails here, naming where it came from, before scoring could
+    blame the classifier."""
+    from harness.engine.imagesource import FEATURE_CACHE
+
+    rows = np.flatnonzero(kept)
+    norms = np.linalg.norm(features[rows].astype(np.float64), axis=1) if rows.size else np.ones(0)
+    bad = rows[~(np.isfinite(norms) & (norms > 0.5) & (norms < 2.0))]
+    if bad.size == 0:
+        return
+    first = int(bad[0])
+    norm = norms[rows == first][0]
+    what = f"{bad.size} image feature row(s) are not finite unit vectors (row {first}: norm {norm:.3g})"
+    if source == FEATURE_CACHE:
+        raise NonFiniteOutputError(f"{what} in the feature cache: the entry is damaged. Run again with --refresh-cache "
+                                   "(or `python -m harness cache prune --kind features`). Nothing was recorded.")
+    raise NonFiniteOutputError(f"{what} from the image tower: check the weights (a checkpoint holding NaN, or a "
+                               "precision too low for it). Nothing was recorded.")
 
 
 def make_loader(dataset: Any, batch_size: int, workers: int, device: str = "cpu"):

@@ -243,12 +243,14 @@ def read_toolkit_yaml(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> 
     """A toolkit YAML as the toolkit merges it: its ``BASE`` files (relative to it) first, then the file itself."""
     import yaml
 
+    from harness.core.safe_read import load_yaml
+
     path = Path(path)
     if path.resolve() in _seen:
         raise HarnessError(f"{path}: BASE includes form a cycle ({' -> '.join(map(str, _seen))}).")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    try:  # bounded: a regular file (BASE: ['/dev/zero'] is refused by type) of at most KINDS["toolkit"] bytes
+        data = load_yaml(path, "toolkit")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise HarnessError(f"Could not read toolkit model YAML {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise HarnessError(f"{path}: expected a mapping at the top of a toolkit model YAML.")
@@ -338,12 +340,14 @@ def is_toolkit_yaml(path: str | os.PathLike) -> bool:
     """True for a YAML file with a top-level ``MODEL:`` mapping holding ``NAME`` (or toolkit ``BASE`` includes)."""
     import yaml
 
+    from harness.core.safe_read import load_yaml
+
     path = Path(path)
     if path.suffix not in (".yaml", ".yml") or not path.is_file():
         return False
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+    try:  # read as a card may be; one too large or deep is left to the card reader, which refuses it in one line
+        data = load_yaml(path, "card")
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8, or refused (harness.core.safe_read)
         return False
     return isinstance(data, dict) and ("BASE" in data or (isinstance(data.get("MODEL"), dict)
                                                           and "NAME" in data["MODEL"]))

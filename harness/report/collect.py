@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from harness.core import training_log
 from harness.cards import IMAGENET, DatasetCard, ModelCard, Suite, all_dataset_cards, all_model_cards, \
     load_model_card, load_suites, method_rank
 from harness.core.errors import HarnessError
+from harness.core.safe_read import load_json
 from harness.run.predictions_import import imported_run_sets
 from harness.store.results import iter_results, scan_results
 
@@ -152,7 +152,7 @@ CROSSCHECK_SCHEMA = 2
 
 
 def _read_crosscheck(path: Path) -> dict:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = load_json(path, "crosscheck")  # bounded (harness.core.safe_read): a refusal is a ValueError, skipped
     if not isinstance(data, dict) or any(k not in data for k in CROSSCHECK_KEYS) or \
             not isinstance(data["datasets"], dict):
         raise ValueError(f"not a cross-check result (expected an object with {', '.join(CROSSCHECK_KEYS)})")

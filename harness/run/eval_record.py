@@ -3,6 +3,7 @@ precision, numerics, batch size, ranks, throughput, where the image features cam
 from __future__ import annotations
 
 import datetime as _dt
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.cards import DatasetCard, content_hash
@@ -17,8 +18,9 @@ if TYPE_CHECKING:
 
 
 def eval_record(loaded: "LoadedModel", dcard: DatasetCard, data: "EvalData", key: RunKey, outcome: "EvalOutcome",
-                files: dict[str, str], options: "EvalOptions") -> dict:
-    """The record of an evaluation; ``options`` are the resolved ones it ran with (batch size, workers, ranks)."""
+                files: dict[str, str], options: "EvalOptions", folder: Path) -> dict:
+    """The record of an evaluation whose ``files`` are written in ``folder``; ``options`` are the resolved ones it ran
+    with (batch size, workers, ranks)."""
     from harness.store.runkey import PROTOCOL_VERSIONS
 
     card = loaded.card
@@ -47,7 +49,7 @@ def eval_record(loaded: "LoadedModel", dcard: DatasetCard, data: "EvalData", key
         "images_per_second": round(preds.images_per_second, 2),
         "classifier_from_cache": outcome.classifier_from_cache,
         "image_source": preds.source,  # feature cache, pixel cache, decoded (pixel cache written), decoded
-    })
+    }, folder)
     if preds.skipped:
         result["skipped_images"] = {"count": len(preds.skipped),
                                     "ids": [data.image_ids[i] for i in preds.skipped],

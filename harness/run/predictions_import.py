@@ -38,6 +38,7 @@ from harness.core.atomic import check_writable_dir, file_lock, remove_stale_temp
 from harness.cards import DatasetCard, content_hash, get_dataset_card, get_model_card
 from harness.data.testsets import EvalData, open_eval_data
 from harness.core.errors import HarnessError
+from harness.core.safe_read import parse_json, read_bounded_bytes
 from harness.engine.metrics import compute
 from harness.engine.protocols import elevater_metrics
 from harness.store.results import data_file_names, finished_result, lock_path, result_json, scan_results
@@ -91,9 +92,9 @@ def read_predictions(path: str | Path, seed_index: int | None = None) -> Predict
     path = Path(path)
     what = f"{path}: expected an ELEVATER predictions JSON ({{{', '.join(REQUIRED_KEYS)}, ...}}, as the toolkit's " \
            f"--save-predictions writes)"
-    try:
-        raw = path.read_bytes()
-        data = json.loads(raw)
+    try:  # bounded: a regular file, refused by its size before it is read, nesting checked before parsing
+        raw = read_bounded_bytes(path, "predictions")
+        data = parse_json(raw, path, "predictions")
     except OSError as exc:
         raise HarnessError(f"{path}: cannot read the predictions file ({exc.strerror or exc}).") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -238,7 +239,7 @@ def import_predictions(path: str | Path, dataset: str | DatasetCard, data_root: 
                                    "imported_from": str(pred.path.resolve()), "label": label,
                                    "imported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                                    "source": {"model_name": pred.model_name, "dataset_name": pred.dataset_name,
-                                              "seed_index": pred.seed_index, **pred.meta}})
+                                              "seed_index": pred.seed_index, **pred.meta}}, out.parent)
         write_json(out, result)  # the commit point
         remove_unlisted_data_files(out.parent, dcard.name, files)
     logger.info("%s: %s = %.2f (%d images) from %s", dcard.name, dcard.metric, result["score"], len(data), pred.path)

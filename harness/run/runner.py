@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from harness.core import paths
-from harness.core.atomic import check_writable_dir, file_lock, remove_stale_temp_files, write_json, write_npy
+from harness.core.atomic import (OutOfSpaceError, check_writable_dir, file_lock, remove_stale_temp_files, write_json,
+                                 write_npy)
 from harness.cards import DatasetCard, ModelCard, dataset_card_names, get_dataset_card
 from harness.data.testsets import ImageReadError, MissingDataError, open_eval_data
 from harness.core.errors import HarnessError
 from harness.engine.options import EvalOptions
 from harness.run.eval_record import eval_record
-from harness.store.results import (data_file_names, elevater_predictions, finished_result, lock_path, refuse_newer,
-                             remove_unlisted_data_files, result_json)
+from harness.store.results import (data_file_names, elevater_predictions, finished_result,
+                                   listed_files, lock_path, refuse_newer, remove_unlisted_data_files, result_json)
 from harness.store.runkey import RunKey, changed_parts, make_run_key
 
 if TYPE_CHECKING:
@@ -109,17 +110,48 @@ def _record_failure(summary: RunSummary, dataset: str, exc: BaseException, rerai
 
 def _weights_sha256(model_card: ModelCard, options: EvalOptions, loaded: "LoadedModel | None"
                     ) -> tuple[str, "LoadedModel | None"]:
-    """The weights' content hash, whatever way they were given; builds the model only for random weights."""
+    """The weights' content hash, whatever way they were given; builds the model only for random weights. A weights
+    file is hashed afresh, never taken from the remembered hashes, under ``options.rehash_files`` (--verify-data,
+    --refresh-cache, --no-cache)."""
     from harness.core.hashing import file_sha256
     from harness.models import build_model, resolve_weights
 
     if loaded is not None:
+        file = loaded.weights_identity.get("file")
+        if options.rehash_files and file:
+            loaded = _with_weights_sha(loaded, file_sha256(file, fresh=True))
         return loaded.weights_identity["sha256"], loaded
     path = resolve_weights(model_card, options.weights)
     if path is not None:
-        return file_sha256(path), None
+        return file_sha256(path, fresh=options.rehash_files), None
     loaded = build_model(model_card, options.weights, device=options.resolved_device(), precision=options.precision)
     return loaded.weights_identity["sha256"], loaded
+
+
+def _with_weights_sha(loaded: "LoadedModel", sha: str) -> "LoadedModel":
+    """``loaded`` recording ``sha`` as its weights' hash (the one the run key holds)."""
+    if loaded.weights_identity.get("sha256") == sha:
+        return loaded
+    logger.warning("%s: the remembered sha256 of the weights file %s was wrong (%s); recording the content's (%s)",
+                   loaded.card.name, loaded.weights_identity.get("file"), loaded.weights_identity.get("sha256"), sha)
+    return dataclasses.replace(loaded, weights_identity={**loaded.weights_identity, "sha256": sha})
+
+
+def _agreeing(loaded: "LoadedModel", weights_sha: str) -> "LoadedModel":
+    """The model built after planning records the weights hash the run keys were made with. The two differ only
+    when the remembered hash the build used is wrong (corrected here) or the file changed since the plan (an error:
+    the results would be keyed to other weights than those computed with)."""
+    from harness.core.hashing import file_sha256
+
+    file = loaded.weights_identity.get("file")
+    if not file or loaded.weights_identity.get("sha256") == weights_sha:
+        return loaded
+    now = file_sha256(file, fresh=True)
+    if now != weights_sha:
+        raise HarnessError(f"{file}: the weights file changed while this run was starting (sha256 {weights_sha[:12]}… "
+                           f"when the run was planned, {now[:12]}… now); nothing was computed. Rerun once it no "
+                           f"longer changes.")
+    return _with_weights_sha(loaded, weights_sha)
 
 
 def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, data_root: str | Path,
@@ -174,13 +206,15 @@ def evaluate(model: str | ModelCard, datasets: list[str | DatasetCard] | None, d
     if loaded is None:
         from harness.models import build_model
 
-        loaded = build_model(model_card, options.weights, device=device, precision=options.precision)
+        loaded = _agreeing(build_model(model_card, options.weights, device=device, precision=options.precision),
+                           weights_sha)
     for dcard, data, key in todo:
         try:
             computed = _evaluate_locked(loaded, dcard, data, key, options, results_root)
         except Exception as exc:  # one dataset's failure never stops the others
-            if options.shard is not None and not isinstance(exc, ImageReadError):
-                raise  # under torchrun the ranks would fall out of step: stop (a rerun resumes)
+            if options.shard is not None and not isinstance(exc, (ImageReadError, OutOfSpaceError)):
+                raise  # under torchrun the ranks would fall out of step: stop (a rerun resumes). Both kept are
+                # raised on rank 0 after the dataset's last collective step (a full results folder: at the write)
             _record_failure(summary, dcard.name, exc, reraise=single)
             continue
         if on_dataset_done is not None:
@@ -214,8 +248,9 @@ def _plan_dataset(model_card: ModelCard, dcard: DatasetCard, data_root: str | Pa
     data = open_eval_data(dcard, data_root)
     from harness.models.numerics import plan
 
-    key = make_run_key(model_card, weights_sha, dcard, data.fingerprint(), options.protocol, options.precision,
-                       device, numerics=plan(options.numerics, model_card, device).key,
+    fingerprint = data.fingerprint(fresh=options.rehash_files)  # --verify-data etc.: files hashed afresh
+    key = make_run_key(model_card, weights_sha, dcard, fingerprint, options.protocol, options.precision, device,
+                       numerics=plan(options.numerics, model_card, device).key,
                        skip_bad_images=options.skip_bad_images,
                        architecture_config=_user_architecture_hash(model_card))
     path = result_json(results_root, model_card.name, options.protocol, dcard.name)
@@ -226,8 +261,8 @@ def _plan_dataset(model_card: ModelCard, dcard: DatasetCard, data_root: str | Pa
             summary.skipped[dcard.name] = prev
             logger.info("%s: already done (%s), skipping", dcard.name, path)
             return None
-        stored = finished_result(path)
-        if stored is not None:
+        stored = finished_result(path, verify=False)  # only to say why it is stale
+        if stored is not None and (stored.get("run_key") or {}).get("hash") != key.hash:
             logger.info("%s: stored result is stale (changed: %s), recomputing", dcard.name,
                         ", ".join(changed_parts(stored.get("run_key"), key)))
     return dcard, data, key
@@ -278,17 +313,24 @@ def _evaluate_one(loaded: "LoadedModel", dcard: DatasetCard, data: "EvalData", k
         raise NonFiniteOutputError(f"non-finite metric {values}: check the weights. Nothing was recorded.")
     folder = path.parent
     names = data_file_names(dcard.name, f"{key.hash[:8]}{secrets.token_hex(3)}")
-    write_npy(folder / names["probs"], preds.probs)
-    files = {"probs": names["probs"]}
-    if options.writes_predictions_json(preds.probs.size):
-        n_params = sum(x.numel() for x in loaded.model.parameters())
-        n_visual = sum(x.numel() for x in loaded.model.visual.parameters())
-        write_json(folder / names["predictions"], elevater_predictions(
-            card.elevater.MODEL_NAME if card.elevater else card.name, dcard.elevater.DATASET, preds.probs,
-            n_params, n_visual), indent=None)
-        files["predictions"] = names["predictions"]
-    result = eval_record(loaded, dcard, data, key, outcome, files, options)
-    write_json(path, result)  # the commit point: from here on the new files are the result
+    files: dict[str, str] = {}
+    try:  # a write that fails (a full results folder: one line naming it) leaves none of this run's files behind
+        write_npy(folder / names["probs"], preds.probs)
+        files["probs"] = names["probs"]
+        if options.writes_predictions_json(preds.probs.size):
+            n_params = sum(x.numel() for x in loaded.model.parameters())
+            n_visual = sum(x.numel() for x in loaded.model.visual.parameters())
+            files["predictions"] = names["predictions"]
+            write_json(folder / names["predictions"], elevater_predictions(
+                card.elevater.MODEL_NAME if card.elevater else card.name, dcard.elevater.DATASET, preds.probs,
+                n_params, n_visual), indent=None)
+        result = eval_record(loaded, dcard, data, key, outcome, files, options, folder)  # files_sha256: checked on reuse
+        write_json(path, result)  # the commit point: from here on the new files are the result
+    except BaseException:
+        if listed_files(path) != files:  # not committed (an interrupt could come just after the rename)
+            for name in files.values():
+                (folder / name).unlink(missing_ok=True)
+        raise
     remove_unlisted_data_files(folder, dcard.name, files)
     logger.info("%s: %s = %.2f (%d images, %.1f img/s)", dcard.name, spec.primary_metric, result["score"],
                 preds.n_images, preds.images_per_second)

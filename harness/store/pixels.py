@@ -10,10 +10,16 @@ Every released card uses 224 px, bicubic, shorter side, center crop: one decode 
 Layout: ``<HARNESS_CACHE>/pixels/<dataset>-<H>x<W>-<key>/{pixels.npy, meta.json}``. ``meta.json`` is written last
 and is the commit point; its mtime is the entry's "last used". Images that could not be read are listed in it by
 index with their one-line reason (their rows are zero), so a warm run fails or skips them exactly as a cold one.
+
+Integrity (harness.store.integrity): every block of rows is checked against its hash as the prefetch thread first
+reads it; a damaged block drops the entry (the next run rebuilds it) and its rows are decoded again on the spot, so
+the pass still scores the right pixels. An entry is written with plain writes, never through a memory map, into a
+file whose space is reserved first: a full disk abandons the entry with one warning, never a SIGBUS.
 """
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,6 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from harness.store.entries import CacheEntry, entry_folder
+from harness.store.integrity import note_out_of_space, pwrite_all, read_rows, row_bytes
 from harness.cards import content_hash
 from harness.core.errors import HarnessError
 
@@ -130,19 +137,26 @@ class CropDataset:
 
 
 def pixel_entry(data: Any, plan: PixelPlan, cache_root: Path | None = None) -> CacheEntry:
-    """The cache entry of this data under this geometry (it may not exist yet)."""
+    """The cache entry of this data under this geometry (it may not exist yet). Rows found damaged on read are
+    decoded again from ``data`` (unreadable images as zero rows, as the entry holds them)."""
     key = content_hash({"data": data.fingerprint(), **plan.key_parts})
     h, w, _ = plan.shape
+
+    def decode(start: int, stop: int) -> np.ndarray:
+        crops = CropDataset(data, plan)
+        return np.stack([crops[i][0].numpy() for i in range(start, stop)])
+
     return CacheEntry("pixels", entry_folder("pixels", f"{data.card.name}-{h}x{w}", key, cache_root), key,
                       (len(data), *plan.shape), "uint8",
                       info={"dataset": data.card.name, "n_images": len(data), "location": data.location,
-                            "parts": plan.key_parts})
+                            "parts": plan.key_parts}, recompute=decode)
 
 
-def iterate_cached(array: np.ndarray, errors: dict[int, str], batches: list[range], pin: bool
+def iterate_cached(array: Any, errors: dict[int, str], batches: list[range], pin: bool
                    ) -> Iterator[tuple[Any, np.ndarray, list[str]]]:
     """(uint8 batch, indices, errors) for each range of rows, read from the memory map one batch ahead on a
-    thread (page-in and copy overlap the model's forward)."""
+    thread (page-in, checksum and copy overlap the model's forward). ``array`` is what
+    :meth:`~harness.store.entries.CacheEntry.load` returns: its blocks are checked as they are first read."""
     import queue
     import threading
 
@@ -156,7 +170,7 @@ def iterate_cached(array: np.ndarray, errors: dict[int, str], batches: list[rang
             for rows in batches:
                 if stop.is_set():
                     return
-                batch = torch.from_numpy(np.array(array[rows.start:rows.stop]))  # a copy in RAM, writable
+                batch = torch.from_numpy(read_rows(array, rows.start, rows.stop))  # checked copy in RAM, writable
                 if pin:
                     batch = batch.pin_memory()
                 out.put((batch, np.arange(rows.start, rows.stop), [errors.get(i, "") for i in rows]))
@@ -182,15 +196,24 @@ def iterate_cached(array: np.ndarray, errors: dict[int, str], batches: list[rang
 
 class PixelBuild:
     """A pixel cache entry being written: rank 0 (or the single process) holds the entry's lock and creates the
-    temp array; every rank opens it and writes its own rows; :meth:`finish` commits on rank 0 once all rows are in
-    (callers gather first, which is the barrier). Inactive — nothing is written — when another process is building
-    the same entry or the ranks do not share a filesystem. :meth:`close` releases the lock and removes an
-    uncommitted temp file."""
+    temp array (its space reserved); every rank opens it and writes its own rows with plain writes;
+    :meth:`finish` commits on rank 0 once all rows are in (callers gather first; finish gathers every rank's
+    failure, which is also the barrier). Inactive — nothing is written — when another process is building the same
+    entry, the ranks do not share a filesystem, or the disk cannot hold it. A rank whose write fails (a full disk)
+    stops writing and goes on with the pass; the entry is then not committed. :meth:`close` releases the lock and
+    removes an uncommitted temp file."""
 
     def __init__(self, entry: CacheEntry, shard: Any, tmp: Path | None, lock: Any):
         self.entry, self.shard, self.tmp, self.lock = entry, shard, tmp, lock
-        self.target = np.load(tmp, mmap_mode="r+") if tmp is not None else None
         self.main = shard is None or shard.is_main
+        self.failed: str | None = None  # why this rank stopped writing
+        self.fd: int | None = None
+        self.offset, self.row_bytes = entry.data_offset, row_bytes(entry.shape, entry.dtype)
+        if tmp is not None:
+            try:
+                self.fd = os.open(tmp, os.O_WRONLY)
+            except OSError as exc:  # noted; the ranks stay in step and the entry is not committed
+                self._fail(exc)
 
     @property
     def active(self) -> bool:
@@ -198,7 +221,7 @@ class PixelBuild:
 
     @classmethod
     def start(cls, entry: CacheEntry, shard: Any = None) -> "PixelBuild":
-        from harness.core.atomic import LockTimeout, file_lock, remove_stale_temp_files
+        from harness.core.atomic import LockTimeout, file_lock, is_out_of_space, remove_stale_temp_files
 
         tmp, lock = None, None
         if shard is None or (shard.is_main and shard.same_node):
@@ -211,7 +234,12 @@ class PixelBuild:
                 logger.info("%s: another process is writing this pixel cache; decoding without it", entry.folder)
                 lock = None
             except OSError as exc:
-                logger.warning("could not start the pixel cache %s (%s); decoding without it", entry.folder, exc)
+                if is_out_of_space(exc):
+                    note_out_of_space(entry.cache_root, exc, f"the pixel cache of {entry.info.get('dataset')}",
+                                      entry.array_path, entry.data_offset + entry.shape[0] * row_bytes(
+                                          entry.shape, entry.dtype))
+                else:
+                    logger.warning("could not start the pixel cache %s (%s); decoding without it", entry.folder, exc)
                 lock.__exit__(None, None, None)
                 lock = None
         if shard is not None and shard.same_node:
@@ -219,23 +247,64 @@ class PixelBuild:
         return cls(entry, shard, tmp, lock)
 
     def write(self, indices: np.ndarray, images: Any) -> None:
-        if self.target is not None:
-            self.target[indices] = images.numpy()
+        if self.fd is None or self.failed:
+            return
+        rows = np.ascontiguousarray(images.numpy() if hasattr(images, "numpy") else images, dtype=np.uint8)
+        idx = np.asarray(indices, dtype=np.int64)
+        if rows.shape != (len(idx), *self.entry.shape[1:]):
+            raise ValueError(f"pixel rows of shape {rows.shape} for {len(idx)} indices; expected rows of "
+                             f"{self.entry.shape[1:]}")
+        try:
+            if len(idx) and idx[-1] - idx[0] + 1 == len(idx) and (np.diff(idx) == 1).all():  # one run of rows
+                pwrite_all(self.fd, rows, self.offset + int(idx[0]) * self.row_bytes)
+            else:
+                for i, row in zip(idx, rows):
+                    pwrite_all(self.fd, row, self.offset + int(i) * self.row_bytes)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        from harness.core.atomic import is_out_of_space
+
+        self.failed = f"{exc.strerror or exc}"
+        what = f"the pixel cache of {self.entry.info.get('dataset')}"
+        if is_out_of_space(exc):
+            note_out_of_space(self.entry.cache_root, exc, what, self.entry.array_path,
+                              self.offset + self.entry.shape[0] * self.row_bytes)
+        else:
+            logger.warning("could not write %s %s (%s); continuing without it", what, self.entry.folder, exc)
+
+    def _close_fd(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def finish(self, errors: dict[int, str]) -> None:
-        if self.target is None:
+        if not self.active:
             return
-        self.target.flush()
-        self.target = None
-        if self.shard is not None:
-            self.shard.barrier()  # every rank has flushed its rows
-        if self.main:
+        self._close_fd()
+        failed = self.failed
+        if self.shard is not None:  # every rank has written its rows (or failed): the barrier before the commit
+            notes = self.shard.gather(failed)
+            failed = next((n for n in notes if n), None) if self.main else failed
+        if not self.main:
+            self.tmp = None
+            return
+        if failed:  # this rank's failure was warned about when it happened; another rank's is news here
+            (logger.info if self.failed else logger.warning)(
+                "%s: pixel cache not kept (%s); the next run tries again", self.entry.info.get("dataset"),
+                failed if self.failed else f"another rank could not write its rows: {failed}")
+            return  # close() removes the temp file
+        try:
             self.entry.commit(self.tmp, errors)
-            logger.info("%s: pixel cache written (%s)", self.entry.info.get("dataset"), self.entry.folder)
+        except OSError as exc:  # fsync or meta.json on a full disk: abandoned like a failed write
+            self._fail(exc)
+            return
+        logger.info("%s: pixel cache written (%s)", self.entry.info.get("dataset"), self.entry.folder)
         self.tmp = None
 
     def close(self) -> None:
-        self.target = None
+        self._close_fd()
         if self.tmp is not None and self.main:
             self.tmp.unlink(missing_ok=True)
         self.tmp = None

@@ -20,12 +20,21 @@ Result JSON, ``schema_version`` 2:
   classifier_cache_key
 - ``metric`` (primary metric id), ``score`` (primary metric in percent), ``metrics`` {id: fraction in [0, 1]}
 - ``n_images`` (scored); ``skipped_images`` {count, ids, reasons} (only with --skip-bad-images); ``files``
+  {role: file name}; ``files_sha256`` {role: sha256 of that file's content}
 - ``provenance``: packages, git, python, platform, device, device_name, precision, numerics, batch_size, workers,
   world_size (torchrun ranks that computed the features; 1 for one process), gathered_by_rank_0, date, seconds,
   images_per_second, classifier_from_cache, image_source
+
+A finished result is reused only when every file it lists is present and, when it records ``files_sha256``, every
+file still has that content (each is hashed afresh, never from a memo): a data file modified or damaged since it was
+written makes the result unfinished (a warning names the file) and it is recomputed. ``files_sha256`` is optional
+within schema 2: results written before it existed (and imported predictions without it) are reused as before, on
+their run key and the presence of their files — their numbers were right when written and recomputing every stored
+result once would cost more than the check is worth; they gain the hashes when next recomputed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -38,6 +47,7 @@ from typing import Any, Iterator
 from harness.cards import DatasetCard
 from harness.core import paths
 from harness.core.errors import HarnessError
+from harness.core.safe_read import load_json
 from harness.store.runkey import RunKey
 
 logger = logging.getLogger(__name__)
@@ -75,8 +85,8 @@ def read_result(path: Path) -> dict:
     """A result JSON of this schema with every required key; :class:`ResultFileError` says what is wrong."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = load_json(path, "result")  # bounded (harness.core.safe_read); a refused file is a ValueError
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ResultFileError(f"{path}: unreadable ({exc}); delete it to recompute.") from exc
     if not isinstance(data, dict):
         raise ResultFileError(f"{path}: holds a JSON {type(data).__name__}, not a result object; delete it to "
@@ -94,22 +104,79 @@ def read_result(path: Path) -> dict:
         raise ResultFileError(f"{path}: malformed result, missing {', '.join(missing)}; delete it to recompute.")
     if not isinstance(data.get("files"), dict):
         raise ResultFileError(f"{path}: malformed result, 'files' is not a mapping; delete it to recompute.")
+    hashes = data.get("files_sha256", {})
+    if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
+        raise ResultFileError(f"{path}: malformed result, 'files_sha256' is not a mapping of role to sha256; delete "
+                              f"it to recompute.")
     return data
+
+
+def listed_files(path: Path) -> dict | None:
+    """The ``files`` a result JSON lists (None when it cannot be read)."""
+    try:
+        data = load_json(path, "result")
+    except (OSError, ValueError):
+        return None
+    return data.get("files") if isinstance(data, dict) else None
+
+
+def content_sha256(path: Path) -> str:
+    """The sha256 of a file's content, read now (never a remembered hash: this is what checks the file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_file_hashes(folder: Path, files: dict[str, str]) -> dict[str, str]:
+    """``files_sha256`` of a result: {role: sha256} of the data files it lists."""
+    return {role: content_sha256(Path(folder) / name) for role, name in files.items() if name}
+
+
+_REPORTED: set[tuple[str, str, int, int]] = set()  # (result, file, size, mtime): a modified file is warned about once
+
+
+def _modified_file(path: Path, data: dict) -> str | None:
+    """The first data file of a result whose content is not the one recorded in ``files_sha256`` (None: all are)."""
+    hashes = data.get("files_sha256") or {}
+    for role, name in data["files"].items():
+        expected = hashes.get(role)
+        if not name or not expected:
+            continue
+        file = path.parent / name
+        try:
+            if content_sha256(file) == expected:
+                continue
+        except OSError:
+            pass
+        try:
+            st = file.stat()
+            seen = (str(path), name, st.st_size, st.st_mtime_ns)
+        except OSError:
+            seen = (str(path), name, -1, -1)
+        log = logger.debug if seen in _REPORTED else logger.warning
+        _REPORTED.add(seen)
+        log("%s: its %s file %s no longer has the content it was written with (sha256 differs: modified or "
+            "damaged); recomputing", path, role, name)
+        return name
+    return None
 
 
 def stored_schema_version(path: Path) -> int | None:
     """The schema_version a JSON file claims (None when unreadable): used so nothing overwrites a newer result."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = load_json(path, "result")
         version = data.get("schema_version") if isinstance(data, dict) else None
         return version if isinstance(version, int) else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None
 
 
-def finished_result(path: Path, run_key_hash: str | None = None) -> dict | None:
-    """The stored result when it is complete (readable, every listed file present) and, when ``run_key_hash`` is
-    given, made under that run key; else None."""
+def finished_result(path: Path, run_key_hash: str | None = None, verify: bool = True) -> dict | None:
+    """The stored result when it is complete (readable, every listed file present and, with ``verify``, holding the
+    content its ``files_sha256`` records) and, when ``run_key_hash`` is given, made under that run key; else
+    None."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -123,6 +190,8 @@ def finished_result(path: Path, run_key_hash: str | None = None) -> dict | None:
             logger.info("%s lists %s, which is missing: recomputing", path, name)
             return None
     if run_key_hash is not None and (data.get("run_key") or {}).get("hash") != run_key_hash:
+        return None
+    if verify and _modified_file(path, data) is not None:
         return None
     return data
 
@@ -240,9 +309,11 @@ def device_name(device: str) -> str:
 
 
 def result_record(key: RunKey, model: dict, dcard: DatasetCard, data: Any, protocol: dict, metric: str,
-                  metrics: dict[str, float], n_images: int, files: dict[str, str], provenance: dict) -> dict:
-    """A schema-2 result (harness.store.results): an eval's, or imported predictions' (harness.run.predictions_import). ``provenance``
-    follows the environment (packages, git, python, platform)."""
+                  metrics: dict[str, float], n_images: int, files: dict[str, str], provenance: dict,
+                  folder: Path) -> dict:
+    """A schema-2 result: an evaluation's (harness.run.eval_record) or imported predictions'
+    (harness.run.predictions_import). ``files`` are already written in ``folder``: their content hashes go in
+    ``files_sha256``. ``provenance`` follows the environment (packages, git, python, platform)."""
     return {
         "schema_version": SCHEMA_VERSION, "run_key": key.to_json(), "model": model,
         "dataset": {
@@ -251,7 +322,7 @@ def result_record(key: RunKey, model: dict, dcard: DatasetCard, data: Any, proto
             "fingerprint": key.parts["data"],
         },
         "protocol": protocol, "metric": metric, "score": round(100.0 * metrics[metric], 4), "metrics": metrics,
-        "n_images": n_images, "files": files,
+        "n_images": n_images, "files": files, "files_sha256": data_file_hashes(folder, files),
         "provenance": {"packages": _package_versions(), "git": _git_hash(), "python": sys.version.split()[0],
                        "platform": platform.platform(), **provenance},
     }

@@ -8,7 +8,11 @@ run leaves a truncated file that later runs skip as present), cannot resume, and
   server ignores ranges) restarts the file from zero; a 416 whose total equals the ``.part`` size means complete;
 - retries connection errors, timeouts, truncated bodies and 5xx/429 ``tries`` times in all, waiting
   ``backoff_s * 2**k`` between tries (each retry resumes); 4xx other than 416/429 fail at once;
-- never hangs: connect and read timeouts on every request.
+- never hangs: connect and read timeouts on every request, and a body arriving slower than ``min_rate_bps``
+  averaged over any ``read_timeout_s`` (a server dripping a byte every few seconds never trips a read timeout) fails
+  like a timeout (and is retried, resuming);
+- refuses a web page: a 200 whose body is HTML where a zip, index or label map was expected (what a login page or a
+  captive portal answers with) fails at once with that said, and nothing of it is written.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import urllib3
 
 from harness.core.errors import HarnessError
 from harness.data.prepare.storage import public_url, scrub
+from harness.data.prepare.verify import web_page_evidence, web_page_message
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +50,10 @@ class DownloadOptions:
     tries: int = 4  # attempts per file in all (1 = no retry)
     backoff_s: float = 1.0  # wait before retry k (k = 0, 1, ...): backoff_s * 2**k
     connect_timeout_s: float = 15.0
-    read_timeout_s: float = 60.0  # longest silence while reading a response
+    read_timeout_s: float = 60.0  # longest silence while reading a response; also the window of min_rate_bps
+    # Slowest body accepted, averaged over every read_timeout_s: far below any working link (a 1 GB zip takes 12
+    # days at this rate), far above a server that drips (1 byte every 5 s is 0.2 B/s). 0: no limit.
+    min_rate_bps: float = 1024.0
     chunk_bytes: int = 1 << 20
     progress: bool = False  # tqdm byte bars (per file, and the overall bar the caller passes)
 
@@ -69,7 +77,8 @@ class Fetched:
 
 
 class _Transient(Exception):
-    """A failure worth retrying that requests does not raise itself (5xx, a body shorter than announced)."""
+    """A failure worth retrying that requests does not raise itself (5xx, a body shorter than announced, a body
+    arriving too slowly)."""
 
 
 _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
@@ -212,7 +221,7 @@ def _attempt(session: requests.Session, url: str, part: Path, opts: DownloadOpti
             if total is None and length is not None:
                 total = have + length
             bars.start(have, total)
-            _stream(resp, part, mode, opts.chunk_bytes, bars, received)
+            _stream(resp, url, part, mode, opts, bars, received)
             size = part.stat().st_size
             if total is not None and size != total:
                 raise _Transient(f"the body ended at {size} of {total} bytes")
@@ -220,15 +229,68 @@ def _attempt(session: requests.Session, url: str, part: Path, opts: DownloadOpti
     raise _Transient("the server could not continue the partial file")
 
 
-def _stream(resp: requests.Response, part: Path, mode: str, chunk_bytes: int, bars: _Bars,
+SNIFF_BYTES = 64  # the first bytes of a body from byte 0, held back until it is clear they are not a web page
+
+
+class _Pace:
+    """Fails a body arriving slower than ``min_rate_bps`` averaged over each ``read_timeout_s`` window (checked as
+    bytes arrive; total silence is the read timeout's)."""
+
+    def __init__(self, opts: DownloadOptions):
+        self.min_rate, self.window = opts.min_rate_bps, opts.read_timeout_s
+        self.since, self.bytes = time.monotonic(), 0
+
+    def add(self, n: int) -> None:
+        self.bytes += n
+        elapsed = time.monotonic() - self.since
+        if not self.min_rate or elapsed < self.window:
+            return
+        rate = self.bytes / elapsed
+        if rate < self.min_rate:
+            raise _Transient(f"the server sent {self.bytes} bytes in {elapsed:.1f} s ({rate:.1f} B/s), below "
+                             f"--min-rate {self.min_rate:g} B/s (a stalled or throttled server; the next try "
+                             f"resumes)")
+        self.since, self.bytes = time.monotonic(), 0
+
+
+def _refuse_web_page(head: bytes, resp: requests.Response, url: str) -> None:
+    evidence = web_page_evidence(head, resp.headers.get("Content-Type"))
+    if evidence:
+        raise DownloadError(url, web_page_message(evidence) + " (nothing was kept)", status=resp.status_code)
+
+
+def _stream(resp: requests.Response, url: str, part: Path, mode: str, opts: DownloadOptions, bars: _Bars,
             received: list[int]) -> None:
     # read1 returns what has arrived (up to chunk_bytes), so a killed run keeps everything received so far;
-    # unbuffered writes put each chunk on disk at once.
+    # unbuffered writes put each chunk on disk at once. A body from byte 0 ("wb") is looked at before the .part is
+    # opened (and, for a server ignoring Range, truncated): a web page never replaces a partial download.
     read1 = getattr(resp.raw, "read1", None)
-    chunks = iter(lambda: read1(chunk_bytes), b"") if read1 else resp.iter_content(chunk_bytes)
-    with open(part, mode, buffering=0) as f:
+    chunks = iter(lambda: read1(opts.chunk_bytes), b"") if read1 else resp.iter_content(opts.chunk_bytes)
+    pace = _Pace(opts)
+    head = b""
+    f = None
+    try:
         for chunk in chunks:
+            pace.add(len(chunk))
+            if f is None:
+                head += chunk
+                if mode == "wb" and len(head) < SNIFF_BYTES:
+                    continue
+                if mode == "wb":
+                    _refuse_web_page(head, resp, url)
+                chunk, head = head, b""
+                f = open(part, mode, buffering=0)
             f.write(chunk)
             received[0] += len(chunk)
             bars.update(len(chunk))
+        if f is None:  # a body shorter than SNIFF_BYTES, or empty
+            if mode == "wb":
+                _refuse_web_page(head, resp, url)
+            f = open(part, mode, buffering=0)
+            f.write(head)
+            received[0] += len(head)
+            bars.update(len(head))
         os.fsync(f.fileno())
+    finally:
+        if f is not None:
+            f.close()

@@ -7,7 +7,6 @@ one of the card's zips, and the index lists as many images as the card's ``split
 """
 from __future__ import annotations
 
-import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 from harness.cards import DatasetCard
 from harness.data.testsets import parse_iris_line
 from harness.core.errors import HarnessError
+from harness.core.safe_read import parse_json, read_bounded_text
 
 
 class VerifyError(HarnessError):
@@ -33,8 +33,41 @@ class IndexInfo:
     plain: list[str] = field(default_factory=list)  # image paths without "zip@"
 
 
+WEB_PAGE_HINT = "a login or captive portal? Check the URL in a browser, or point --storage-url at the container"
+
+
+def web_page_evidence(head: bytes, content_type: str | None = None) -> str | None:
+    """Why a body that should be a zip, an index or a label map is a web page instead (its Content-Type, or how
+    its first bytes start), or None."""
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:64].lower()
+    for marker, shown in ((b"<!doctype html", "<!DOCTYPE html"), (b"<html", "<html")):
+        if start.startswith(marker):
+            return f"body starts with {shown}"
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind in ("text/html", "application/xhtml+xml") and start.startswith(b"<"):
+        return f"Content-Type {kind}"
+    return None
+
+
+def web_page_message(evidence: str) -> str:
+    return f"the storage answered with a web page ({evidence}), not the file: {WEB_PAGE_HINT}"
+
+
+def web_page(path: Path) -> str | None:
+    """The web-page message for a file that holds an HTML page (what a portal answers with), or None."""
+    try:
+        with open(path, "rb") as f:
+            evidence = web_page_evidence(f.read(512))
+    except OSError:
+        return None
+    return web_page_message(evidence) if evidence else None
+
+
 def check_zip(path: Path, name: str) -> frozenset[str]:
     """The zip's entry names, after a full CRC check of every entry."""
+    page = web_page(path)
+    if page:
+        raise VerifyError(f"{name}: {page}", name, True)
     try:
         with zipfile.ZipFile(path) as zf:
             bad = zf.testzip()
@@ -56,14 +89,17 @@ def _add_ref(info: IndexInfo, ref: str) -> None:
 
 def read_index(path: Path, name: str, fmt: str) -> IndexInfo:
     """Parse an iris or coco index as vision-datasets does; a parse failure is a VerifyError naming the line."""
+    page = web_page(path)
+    if page:
+        raise VerifyError(f"{name}: {page}", name, True)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_bounded_text(path, "index")
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or refused by type or size (safe_read)
         raise VerifyError(f"{name} is not a UTF-8 text index ({exc})", name, True) from exc
     info = IndexInfo(num_images=0)
     if fmt == "coco":
         try:
-            images = json.loads(text)["images"]
+            images = parse_json(text, name, "index")["images"]
             refs = [str(img["file_name"]) for img in images]
         except (ValueError, KeyError, TypeError) as exc:
             raise VerifyError(f"{name} is not a coco index with images[].file_name ({type(exc).__name__}: {exc})",
@@ -86,9 +122,12 @@ def read_index(path: Path, name: str, fmt: str) -> IndexInfo:
 
 
 def check_labelmap(path: Path, name: str, num_classes: int) -> None:
+    page = web_page(path)
+    if page:
+        raise VerifyError(f"{name}: {page}", name, True)
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = [line.strip() for line in read_bounded_text(path, "label map").splitlines()]
+    except (OSError, ValueError) as exc:
         raise VerifyError(f"{name} is not a UTF-8 label map ({exc})", name, True) from exc
     n = sum(1 for line in lines if line)
     if n != num_classes:
