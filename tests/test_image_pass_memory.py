@@ -80,3 +80,32 @@ def test_the_loader_collates_as_torch_does_and_hands_freed_memory_back():
     assert torch.equal(ours[0], torchs[0]) and torch.equal(ours[1], torchs[1]) and list(ours[2]) == list(torchs[2])
     _release_freed_memory()  # glibc's malloc_trim, or nothing: never an error
     _release_freed_memory()
+
+
+def _mapped_rss_kb(path) -> int:
+    """Resident KB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
+                inside = len(head) >= 6 and head[-1] == str(path)
+            elif inside and line.startswith("Rss:"):
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="needs Linux /proc/self/smaps")
+def test_reading_a_pixel_cache_pass_leaves_its_pages_out_of_the_process(tmp_path):
+    """A warm pixel-cache pass reads every row once: the rows read must not stay resident in the process (its RSS
+    would grow with the dataset, 7.5 GB for ImageNet at 224 px); the bytes read are the file's."""
+    from harness.store.integrity import read_rows
+
+    path = tmp_path / "pixels.npy"
+    data = np.random.default_rng(0).integers(0, 255, (512, 128, 256, 3), dtype=np.uint8)  # 48 MiB
+    np.save(path, data)
+    array = np.load(path, mmap_mode="r")
+    for start in range(0, len(array), 16):
+        np.testing.assert_array_equal(read_rows(array, start, start + 16), data[start:start + 16])
+    assert _mapped_rss_kb(path) < 4 * 1024  # without release: ~48 MiB resident
+    np.testing.assert_array_equal(read_rows(array, 100, 101), data[100:101])  # pages come back on a new read

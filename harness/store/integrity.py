@@ -20,6 +20,7 @@ A zero-length, cut-short or unparsable file is damaged like any other: dropped a
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import io
@@ -197,8 +198,41 @@ class CheckedArray:
 
 
 def read_rows(array: Any, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of a cache array (checked when it is a :class:`CheckedArray`) as a writable copy."""
-    return array.read(start, stop) if isinstance(array, CheckedArray) else np.array(array[start:stop])
+    """Rows ``start:stop`` of a cache array (checked when it is a :class:`CheckedArray`) as a writable copy. The
+    mapped pages of those rows are then released from this process (see :func:`release_pages`)."""
+    out = array.read(start, stop) if isinstance(array, CheckedArray) else np.array(array[start:stop])
+    release_pages(array._array if isinstance(array, CheckedArray) else array, start, stop)
+    return out
+
+
+def release_pages(array: Any, start: int, stop: int) -> None:
+    """Drop the pages of rows ``start:stop`` of a memory-mapped array from this process's mapping (madvise
+    MADV_DONTNEED). A pass reads each row once; without this, every page read stays resident in the process, so
+    its RSS grows with the dataset (7.5 GB for ImageNet at 224 px) although the pages are clean page cache. The
+    file's pages stay in the kernel's page cache; a later read maps them again. Linux only; elsewhere a no-op."""
+    import mmap
+
+    if not isinstance(array, np.memmap) or stop <= start or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    rows = array[start:stop]
+    page = mmap.PAGESIZE
+    begin = rows.ctypes.data // page * page  # whole pages inside the mapping (a neighbour's page refaults cheaply)
+    end = -(-(rows.ctypes.data + rows.nbytes) // page) * page
+    try:
+        _libc().madvise(ctypes.c_void_p(begin), ctypes.c_size_t(end - begin), mmap.MADV_DONTNEED)
+    except (OSError, AttributeError):
+        pass
+
+
+_LIBC: Any = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return _LIBC
 
 
 # ----------------------------------------------------------------------------------------------------------------------
