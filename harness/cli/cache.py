@@ -21,7 +21,8 @@ class Cache(Verb):
         parser.add_argument("--dry-run", action="store_true", help="prune: list what would be removed")
 
     def run(self, args):
-        from harness.store.entries import KINDS, human_bytes, list_cache, prune
+        from harness.core.units import human_bytes
+        from harness.store.entries import KINDS, list_cache, prune
 
         if args.action == "ls":
             items = list_cache(args.cache)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from harness.core.errors import HarnessError
+from harness.core.units import human_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +56,11 @@ def free_bytes(folder: str | os.PathLike) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 def space_message(path: str | os.PathLike, needed: int | None, cause: OSError) -> str:
     """One line: which folder is full, what needed how many bytes, how much is free there, and the cause."""
     path = Path(path)
     free = free_bytes(path.parent)
-    need = f"needs {needed:,} bytes ({_human(needed)})" if needed else "did not fit"
+    need = f"needs {needed:,} bytes ({human_bytes(needed)})" if needed else "did not fit"
     room = f"{free:,} bytes free there" if free is not None else "free space unknown"
     return f"{path.parent} is out of space: writing {path.name} {need}, {room} ({cause.strerror or cause})"
 

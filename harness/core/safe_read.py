@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.errors import HarnessError
+from harness.core.units import human_bytes
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -76,14 +77,6 @@ MAX_YAML_VALUES = 1_000_000
 class RefusedFile(HarnessError, ValueError):
     """A file not read, or not parsed, because of its type, size or nesting: one line naming the file, the limit
     and what was found."""
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}".replace(".0 ", " ")
-        n /= 1024
-    return f"{n} B"
 
 
 def _kind(kind: str) -> Kind:

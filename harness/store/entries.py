@@ -262,14 +262,6 @@ def list_cache(cache_root: Path | None = None) -> list[Listed]:
     return out
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 def prune(cache_root: Path | None = None, older_than_days: float | None = None, kinds: tuple[str, ...] = KINDS,
           dry_run: bool = False) -> list[Listed]:
     """Remove cache entries not used for ``older_than_days`` (all when None) of the given kinds; entries being

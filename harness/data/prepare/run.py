@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from harness.cards import IMAGENET, DatasetCard, all_dataset_cards, get_dataset_card
 from harness.core.errors import HarnessError
+from harness.core.units import human_bytes
 from harness.data.prepare.download import PART_SUFFIX, DownloadError, DownloadOptions, download, part_path
 from harness.data.prepare.storage import OVERRIDE_HINT, file_url, public_url, resolve_storage_url
 from harness.data.prepare.verify import IndexInfo, VerifyError, check_dataset, check_labelmap, check_zip, read_index
@@ -62,15 +63,6 @@ class PrepareSummary:
                f"{len(self.by_status('skipped'))} skipped, {len(self.failed)} failed"]
         out += [f"  {o.status:10s} {o.name}: {o.detail}" for o in self.outcomes]
         return out
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def imagenet_skip_message(card: DatasetCard) -> str:
@@ -170,7 +162,7 @@ def prepare_dataset(session: Any, card: DatasetCard, data_root: Path, storage_ur
                 part.unlink(missing_ok=True)
             raise
         resumed = f" (resumed at byte {fetched.resumed_from})" if fetched.resumed_from else ""
-        logger.log(verbose, "%s: %s: %s%s", card.name, name, _human(fetched.size), resumed)
+        logger.log(verbose, "%s: %s: %s%s", card.name, name, human_bytes(fetched.size), resumed)
         located[name] = part
         outcome.downloaded.append(name + (" (resumed)" if fetched.resumed_from else ""))
         outcome.bytes_received += fetched.received
@@ -187,7 +179,7 @@ def prepare_dataset(session: Any, card: DatasetCard, data_root: Path, storage_ur
     if outcome.downloaded:
         outcome.status = "downloaded"
         outcome.detail = (f"{outcome.num_images} images; downloaded {', '.join(outcome.downloaded)} "
-                          f"({_human(outcome.bytes_received)}) into {folder}")
+                          f"({human_bytes(outcome.bytes_received)}) into {folder}")
     else:
         outcome.detail = f"{outcome.num_images} images; already complete in {folder}, nothing downloaded"
     return outcome
