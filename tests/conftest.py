@@ -26,3 +26,11 @@ def tiny_loaded():
     from harness.models import build_model
 
     return build_model(get_model_card("tiny_demo_clip"))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A cache folder of this test's own (HARNESS_CACHE)."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("HARNESS_CACHE", str(folder))
+    return folder

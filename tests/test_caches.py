@@ -29,13 +29,6 @@ from conftest import REPO
 CIFAR, PETS, KITTI = "cifar-10", "oxford-iiit-pets", "kitti-distance"
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("HARNESS_CACHE", str(folder))
-    return folder
-
-
 def _run(loaded, name: str, root: Path, **kw):
     dcard = kw.pop("dcard", None) or get_dataset_card(name)
     data = open_eval_data(dcard, root)

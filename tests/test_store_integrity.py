@@ -30,13 +30,6 @@ CIFAR, KITTI, VOC = "cifar-10", "kitti-distance", "voc-2007-classification"
 PAGE = 4096
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("HARNESS_CACHE", str(folder))
-    return folder
-
-
 def _run(loaded, name: str, root: Path, **kw):
     dcard = get_dataset_card(name)
     kw = {"pixel_cache": True, "feature_cache": True, "classifier_cache": False, "batch_size": 7, "workers": 0,

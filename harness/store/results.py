@@ -35,7 +35,6 @@ result once would cost more than the check is worth; they gain the hashes when n
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import platform
 import subprocess
