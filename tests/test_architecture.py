@@ -73,8 +73,10 @@ def test_the_stage_packages_are_the_layers():
     assert [name for name in LAYERS if f"harness/{name}/" not in text] == []
 
 
-def test_harness_never_imports_training():
-    offenders = {_module_name(p): sorted(m for m in _imports(p) if m == "training" or m.startswith("training."))
+@pytest.mark.parametrize("upper", ["training", "retrieval"])
+def test_harness_never_imports_training(upper):
+    """training/ and retrieval/ stand on the harness; the harness never imports them."""
+    offenders = {_module_name(p): sorted(m for m in _imports(p) if m == upper or m.startswith(upper + "."))
                  for p in _sources("harness")}
     assert {k: v for k, v in offenders.items() if v} == {}
 
@@ -93,7 +95,7 @@ def test_harness_dependencies_point_one_way():
     assert wrong == []
 
 
-@pytest.mark.parametrize("package", ["harness", "training", "scripts", "benchmarks"])
+@pytest.mark.parametrize("package", ["harness", "training", "retrieval", "scripts", "benchmarks"])
 def test_no_module_over_the_size_limit(package):
     big = {str(p.relative_to(REPO)): n for p in _sources(package)
            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
@@ -121,8 +123,8 @@ def snapshot():
         "resblock_forward": open_clip.transformer.ResidualAttentionBlock.forward,
     }
 before = snapshot()
-import harness, training
-for pkg in (harness, training):
+import harness, training, retrieval
+for pkg in (harness, training, retrieval):
     for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
         if info.name.endswith("__main__"):
             continue

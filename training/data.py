@@ -1,8 +1,10 @@
 """Training data: webdataset shards exactly as img2dataset writes them (``--output_format webdataset``).
 
 Each shard ``NNNNN.tar`` holds, per sample key, ``<key>.jpg`` (the image), ``<key>.txt`` (the caption) and
-``<key>.json`` (url, caption, status, sizes; unused here). Shards are listed from a brace pattern
-(``/data/imagenet_10m/{00000..00897}.tar``); unreadable or incomplete samples are skipped and counted.
+``<key>.json`` (url, caption, status, sizes). img2dataset writes only its successes to the tars (failed URLs are
+absent, listed in the shard's parquet); a sample whose ``.json`` has a ``status`` other than ``success`` is skipped
+and counted like an unreadable or incomplete one. Shards are listed from a brace pattern
+(``/data/imagenet_10m/{00000..00897}.tar``; ``python -m training.pairs stats`` writes it with the sample count).
 
 **What an epoch reads** (OpenCLIP's webdataset epoch, made deterministic). ``N`` = ``--train-num-samples``,
 ``B`` = ``--batch-size``, ``R`` ranks, ``K`` = ``max(1, --workers)`` DataLoader workers per rank, ``W = R x K``.
@@ -31,6 +33,7 @@ Fewer shards than ``W`` is refused before training (some worker would get none; 
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing as mp
@@ -58,16 +61,40 @@ class SkipCounter:
         self.log_first = log_first
 
     def __call__(self, exc: Exception) -> bool:
+        self.note(f"{type(exc).__name__}: {exc}")
+        return True  # continue with the next sample
+
+    def note(self, reason: str) -> None:
+        """Count one skipped sample (the first few are logged with ``reason``)."""
         with self.count.get_lock():
             self.count.value += 1
             n = self.count.value
         if n <= self.log_first:
-            logger.warning("skipping a bad training sample (%s: %s)", type(exc).__name__, exc)
-        return True  # continue with the next sample
+            logger.warning("skipping a bad training sample (%s)", reason)
 
     @property
     def value(self) -> int:
         return int(self.count.value)
+
+
+class DropFailedSamples:
+    """Skip (and count) samples whose img2dataset ``.json`` says ``status`` is not ``success``, or is unreadable."""
+
+    def __init__(self, skipped: SkipCounter):
+        self.skipped = skipped
+
+    def __call__(self, src):
+        for sample in src:
+            meta = sample.get("json")
+            if meta is not None:
+                try:
+                    status = json.loads(meta).get("status", "success")
+                except (ValueError, AttributeError):
+                    status = "unreadable .json"
+                if status != "success":
+                    self.skipped.note(f"{sample.get('__key__')} in {sample.get('__url__')}: status {status}")
+                    continue
+            yield sample
 
 
 def expand_urls(pattern: str) -> list[str]:
@@ -78,6 +105,22 @@ def expand_urls(pattern: str) -> list[str]:
     for part in pattern.split("::"):
         urls.extend(braceexpand.braceexpand(part))
     return urls
+
+
+def train_data_set(pattern: str) -> dict | None:
+    """The summary of the availability.json beside the shards of ``pattern`` (``python -m training.pairs stats``):
+    the pairs set a run trains on; None for shards made otherwise."""
+    from harness.core import pairs_availability
+    from harness.core.errors import HarnessError
+
+    path = pairs_availability.find_for_pattern(pattern)
+    if path is None:
+        return None
+    try:
+        return pairs_availability.summary(pairs_availability.read(path), path.resolve())
+    except HarnessError as exc:
+        logger.warning("%s", exc)
+        return None
 
 
 def shared_epoch(epoch: int = 0):
@@ -148,7 +191,7 @@ def build_pipeline(shards: list[str], preprocess: Callable, tokenizer: Callable,
         return (key,) + out if keep_keys else out
 
     def samples(shard_dicts, rng):
-        stream = wds.tarfile_to_samples(handler=skipped)(shard_dicts)
+        stream = DropFailedSamples(skipped)(wds.tarfile_to_samples(handler=skipped)(shard_dicts))
         stream = wds.shuffle(*SAMPLE_SHUFFLE, rng=rng)(stream)
         stream = wds.decode("pilrgb", handler=skipped)(stream)
         stream = wds.to_tuple("__key__", IMAGE_KEYS, "txt", handler=skipped)(stream)
@@ -190,7 +233,8 @@ def check_shards(pattern: str, shards: list[str], world_size: int, workers: int)
     absent = [s for s in local if not os.path.isfile(s)]
     if absent:
         raise HarnessError(f"--train-data: {len(absent)} of {len(shards)} shards do not exist, e.g. {absent[0]}. "
-                           f"Download the pairs with img2dataset (see the README) or fix the pattern.")
+                           f"Download the pairs (`make pairs PAIRS_DIR=...`, docs/pairs.md) or fix the pattern "
+                           f"(`python -m training.pairs stats DIR` prints the one of the shards present).")
     needed = world_size * max(workers, 1)
     if len(shards) < needed:
         fewer = (f"use at most --workers {len(shards) // world_size}, " if len(shards) >= world_size else

@@ -139,6 +139,19 @@ def prepare_training(args, setup: RunSetup, prepared: PreparedModel, tokenizer: 
                     {} if args.debug_rank_stats else None)
 
 
+def log_train_data_set(args, reporter: Reporter, start_epoch: int) -> None:
+    """The training log's data-set row: which retrieved-pairs download the shards are (their availability.json)."""
+    from training.data import train_data_set
+
+    summary = train_data_set(args.train_data)
+    if summary is None:
+        return
+    if summary["successes"] != args.train_num_samples:
+        logger.warning("--train-num-samples %s, but the shards hold %s samples (%s)", args.train_num_samples,
+                       summary["successes"], summary["availability_file"])
+    reporter.log({tl.EPOCH: start_epoch, tl.TRAIN_DATA_SET: summary})
+
+
 def barrier(args) -> None:
     if args.distributed:
         import torch
@@ -235,6 +248,7 @@ def run(args) -> int:
             evaluate_only(args, setup, target, evaluate, prepared.start_epoch)
             return 0
         training = prepare_training(args, setup, prepared, tokenizer)
+        log_train_data_set(args, reporter, prepared.start_epoch)
         last_saved = fit(args, setup, training, prepared.start_epoch, evaluate, reporter)
         finish_training(args, setup, training, prepared.start_epoch, last_saved)
     teardown(args)

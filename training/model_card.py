@@ -52,7 +52,17 @@ def run_model_card(args, model, checkpoint: Path | None) -> Any:
                     f"train data {args.train_data}, {args.epochs} epochs, lr {args.lr}, batch {args.batch_size} x "
                     f"{args.world_size}).",
         architecture=args.model, weights=weights, preprocess=preprocess, method=method,
-        base_model=args.base_model_card, retrieval_set=None, published={}, published_source=None, elevater=None)
+        base_model=args.base_model_card, retrieval_set=retrieval_set_label(args.train_data), published={},
+        published_source=None, elevater=None)
+
+
+def retrieval_set_label(pattern: str | None) -> str | None:
+    """The card's ``retrieval_set``: the pairs set the shards came from (their availability.json), if known."""
+    from harness.core.pairs_availability import label
+    from training.data import train_data_set
+
+    summary = train_data_set(pattern) if pattern else None
+    return label(summary) if summary else None
 
 
 def write_model_card(card, folder: Path) -> Path:

@@ -14,7 +14,7 @@ from harness.core.errors import HarnessError, did_you_mean
 from harness.core.safe_read import load_yaml
 
 DATASET_TYPES = ("multiclass", "multilabel")
-DATA_FORMATS = ("iris", "coco")
+DATA_FORMATS = ("iris", "coco", "imagefolder")  # imagefolder: a user's own class folders at root_folder
 # ELEVATER's TEST.METRIC values (vision_benchmark/evaluation/metric.py get_metric).
 ELEVATER_METRICS = ("accuracy", "mean-per-class", "11point_mAP", "roc_auc")
 METHODS = ("baseline", "locked-text", "gated-image", "fine-tuned")

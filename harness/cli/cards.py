@@ -41,6 +41,10 @@ class Validate(Verb):
         from harness.core import paths
 
         ok, errors = cards.validate_all()
+        from harness.data.sources import validate_sources  # the dataset sources data (harness/data/sources.yaml)
+
+        more_ok, more_errors = validate_sources()
+        ok, errors = ok + more_ok, errors + more_errors
         models = [c for c in cards.all_model_cards() if c.architecture_config is not None]
         if paths.model_config_dirs() or models:  # the user's architectures: checked as building would (torch)
             from harness.models import user_configs

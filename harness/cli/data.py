@@ -29,6 +29,19 @@ class Prepare(Verb):
                             help="slowest download accepted, averaged over every --timeout seconds: a file arriving "
                                  "slower fails like a timeout and is retried, resuming (default 1024; 0: no limit)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+        parser.add_argument("--source", default=None,
+                            choices=("auto", "elevater", "elevater-rehost", "clip-benchmark"),
+                            help="where from: auto (default) = per dataset the most faithful source that answers "
+                                 "(the toolkit's container, then the ELEVATER re-host OFA-Sys/chinese-clip-eval, then "
+                                 "CLIP_benchmark's webdatasets on the Hugging Face hub); with --storage-url the "
+                                 "default is elevater. Hub downloads honour HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE "
+                                 "(docs/data.md)")
+        parser.add_argument("--plan-only", action="store_true",
+                            help="print per dataset the source, files, bytes and fidelity from the hub's metadata; "
+                                 "download nothing")
+        parser.add_argument("--whole-zip", action="store_true",
+                            help="elevater-rehost only: when the server ignores HTTP Range requests, download the "
+                                 "whole ELEVATER_all.zip (~37 GB) instead of refusing")
 
     def run(self, args):
         from harness.data.prepare import DownloadOptions, PrepareOptions, prepare
@@ -42,8 +55,10 @@ class Prepare(Verb):
         download = DownloadOptions(tries=args.tries, read_timeout_s=args.timeout,
                                    progress=not args.no_progress and sys.stderr.isatty(),
                                    **({} if args.min_rate is None else {"min_rate_bps": args.min_rate}))
+        source = args.source or ("elevater" if args.storage_url else "auto")
         summary = prepare(args.data_root, args.datasets,
-                          PrepareOptions(storage_url=args.storage_url, split=args.split, download=download))
+                          PrepareOptions(storage_url=args.storage_url, split=args.split, download=download,
+                                         source=source, plan_only=args.plan_only, whole_zip=args.whole_zip))
         print("\n".join(summary.lines()))
         return 1 if summary.failed else 0
 

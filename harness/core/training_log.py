@@ -10,6 +10,9 @@ silently empty the report's training table. Three kinds of rows, told apart by t
 - eval rows (zero-shot): ``epoch`` (epochs completed), ``eval_dataset`` (dataset card) and one key per metric,
   ``<prefix>-<metric>`` (OpenCLIP's names: ``imagenet-zeroshot-val-top1`` for ImageNet-1K,
   ``<dataset>-zeroshot-top1`` elsewhere; top1/top5 for accuracy/accuracy_top5, else the metric id).
+- data-set rows (at the start of training, when the shards come from ``python -m training.pairs``): ``epoch``
+  (the start epoch) and ``train_data_set``: the summary of the shards' ``availability.json``
+  (:func:`harness.core.pairs_availability.summary`: source parquet, download date, successes, total, rate).
 Every row also has ``time`` (ISO 8601, seconds).
 """
 from __future__ import annotations
@@ -38,6 +41,7 @@ TRAIN_STEPS = "train_steps"
 EPOCH_SECONDS = "epoch_seconds"
 SKIPPED_SAMPLES_TOTAL = "skipped_samples_total"
 EVAL_DATASET = "eval_dataset"
+TRAIN_DATA_SET = "train_data_set"
 
 IMAGENET_PREFIX = "imagenet-zeroshot-val"  # open_clip_train's key prefix for its ImageNet zero-shot eval
 _METRIC_SUFFIX = {"accuracy": "top1", "accuracy_top5": "top5"}
@@ -60,6 +64,15 @@ def is_epoch_row(row: dict) -> bool:
 
 def is_eval_row(row: dict) -> bool:
     return EVAL_DATASET in row
+
+
+def is_data_set_row(row: dict) -> bool:
+    return isinstance(row.get(TRAIN_DATA_SET), dict)
+
+
+def train_data_set(rows: list[dict]) -> dict | None:
+    """The retrieved-pairs set a run trained on (its last data-set row), None when it recorded none."""
+    return next((r[TRAIN_DATA_SET] for r in reversed(rows) if is_data_set_row(r)), None)
 
 
 def eval_top1(row: dict) -> float | None:

@@ -46,6 +46,9 @@ class EvalData:
     image_ids: list[str]
     _loader: Any  # object with .load(i) -> PIL.Image
     files: list[Path] = field(default_factory=list)  # index, zips and label map read (ELEVATER layouts)
+    # harness.data.sources provenance (results' data_source); fingerprinted except for the toolkit's own layout
+    source: dict = field(default_factory=dict)
+    hash_listing: bool = False  # also fingerprint the (relative path, size) listing of the image files
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -67,9 +70,11 @@ class EvalData:
         if kept is not None and not fresh:
             return dict(kept)
         out: dict[str, Any] = {"layout": self.layout, "n_images": len(self)}
+        if self.source and self.source.get("kind") != "elevater":
+            out["source"] = dict(self.source)
         if self.files:
             out["files"] = {p.name: file_sha256(p, fresh=fresh) for p in self.files}
-        else:
+        if not self.files or self.hash_listing:
             root = Path(self.location)
             out["listing"] = content_hash([[i, (root / i).stat().st_size] for i in self.image_ids])
         vars(self)["_fingerprint"] = out
@@ -222,11 +227,24 @@ def _find_imagefolder(card: DatasetCard, data_root: Path) -> Path | None:
 
 
 def open_eval_data(card: DatasetCard, data_root: str | Path) -> EvalData:
-    """Open the card's evaluation split under ``data_root``; errors name the files that were expected."""
+    """Open the card's evaluation split from the most faithful layout present under ``data_root`` (the toolkit's,
+    the re-host's, a CLIP_benchmark webdataset: harness.data.sources); errors name every place looked."""
+    from harness.data.sources import open_most_faithful
+
+    return open_most_faithful(card, data_root)
+
+
+def open_elevater_layout(card: DatasetCard, data_root: str | Path) -> EvalData:
+    """Open the card's evaluation split in the ELEVATER toolkit's layout (or ImageNet's ImageFolder)."""
     data_root = Path(data_root).expanduser()
     if not data_root.is_dir():
         raise MissingDataError(f"Data root {data_root} does not exist or is not a folder.")
     folder = data_root / card.root_folder
+    if card.format == "imagefolder":  # a user's own test images: one folder per class, in sorted order
+        if not folder.is_dir():
+            raise MissingDataError(f"Dataset '{card.name}' not found: expected the ImageFolder {folder} (one folder "
+                                   f"per class, as its card's root_folder says).")
+        return _open_imagefolder(card, folder)
     if card.imagefolder_dirs and not folder.is_dir():
         found = _find_imagefolder(card, data_root)
         if found is not None:
@@ -332,10 +350,11 @@ _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif",
 
 
 def _open_imagefolder(card: DatasetCard, folder: Path) -> EvalData:
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) != card.num_classes:
+        per = "class, in sorted order" if card.format == "imagefolder" else "WordNet synset"
         raise HarnessError(f"Dataset '{card.name}': the ImageFolder {folder} has {len(classes)} class folders but "
-                           f"the card has {card.num_classes} class names (expected one folder per WordNet synset).")
+                           f"the card has {card.num_classes} class names (expected one folder per {per}).")
     files: list[str] = []
     labels: list[int] = []
     for idx, cls in enumerate(classes):  # sorted synset order = the standard ImageNet class index

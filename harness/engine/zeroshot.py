@@ -32,21 +32,31 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LOGIT_SCALE", "NonFiniteOutputError", "build_classifier", "cached_classifier", "evaluate_dataset",
-           "predict"]
+__all__ = ["LOGIT_SCALE", "NonFiniteOutputError", "build_classifier", "cached_classifier", "encode_texts",
+           "evaluate_dataset", "predict"]
 
 
 def build_classifier(model: Any, tokenizer: Any, classnames: Sequence[str], templates: Sequence[str],
-                     device: str = "cpu", precision: str = "fp32", progress: bool = False):
+                     device: str = "cpu", precision: str = "fp32", progress: bool = False, per_batch: int = 10):
     """Zero-shot classifier weights (D, C), float32, unit columns; on CPU at the harness's fixed thread count
-    (:func:`harness.engine.imagepass.cpu_threads`: the text tower's last bits depend on it)."""
+    (:func:`harness.engine.imagepass.cpu_threads`: the text tower's last bits depend on it). ``per_batch``: class
+    names per text-tower forward."""
     import torch
     from open_clip import build_zero_shot_classifier
 
     with torch.inference_mode(), fixed_cpu_threads(device), autocast(precision, device)():
         weights = build_zero_shot_classifier(model, tokenizer, list(classnames), list(templates),
-                                             num_classes_per_batch=10, device=device, use_tqdm=progress)
+                                             num_classes_per_batch=per_batch, device=device, use_tqdm=progress)
     return weights.float()
+
+
+def encode_texts(model: Any, tokenizer: Any, texts: Sequence[str], device: str = "cpu", precision: str = "fp32",
+                 batch_size: int = 256) -> np.ndarray:
+    """Unit text embeddings (N, D) float32 of ``texts`` (captions, retrieval queries), one row per text: the
+    classifier path itself (:func:`build_classifier`) with the one template ``"{}"`` — encode, normalise, average
+    over one template, renormalise — so a caption and a class prompt are encoded by the same code."""
+    return build_classifier(model, tokenizer, list(texts), ("{}",), device, precision,
+                            per_batch=batch_size).T.cpu().numpy()
 
 
 def classifier_cache_key(weights_sha256: str, architecture: str, quick_gelu: bool, classnames: Sequence[str],

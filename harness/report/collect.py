@@ -32,7 +32,12 @@ logger = logging.getLogger(__name__)
 
 PAPER_LABEL = "Paper (published)"
 RESULT_COLUMNS = ["run_set", "model", "method", "base_model", "protocol", "dataset", "metric", "score", "n_images",
-                  "images_per_second", "precision", "dataset_hash", "weights_sha256"]
+                  "images_per_second", "precision", "dataset_hash", "weights_sha256",
+                  "source_kind", "source_repo", "source_revision", "source_split", "source_fidelity"]
+# Where the test images came from (a result's ``data_source``; harness.data.sources). A result written before sources
+# were recorded read the toolkit's own layout: its source is the toolkit's, ELEVATER's own split.
+TOOLKIT_SOURCE = {"kind": "elevater", "repo": None, "revision": None, "split": None, "fidelity": "same split"}
+DIFFERENT_SPLIT = "different split"
 RESULT_ORDER = ["run_set", "model", "protocol", "dataset"]  # the sort order of the tidy frame (and of results.csv)
 PUBLISHED_COLUMNS = ["model", "method", "base_model", "dataset", "published"]
 
@@ -49,6 +54,9 @@ class ReportInputs:
     title: str = "REACT / ELEVATER zero-shot report"
     comparison_dataset: str = IMAGENET  # the dataset of the REACT README-style comparison table
     paper_label: str = PAPER_LABEL  # header of the published-numbers column, e.g. "Paper (Dec 2021 set)"
+    pairs_sets: list[tuple[str, Path]] = field(default_factory=list)  # (label, availability.json): Retrieval set
+    retrieved: list[Path] = field(default_factory=list)  # `python -m retrieval query` JSONs: "Retrieved for <card>"
+    allow_other_splits: bool = False  # average "different split" scores in too (the average is then labelled so)
 
 
 @dataclass(frozen=True)
@@ -119,9 +127,18 @@ def collect(inputs: ReportInputs) -> "pd.DataFrame":
                 "n_images": int(r["n_images"]), "images_per_second": r["provenance"].get("images_per_second"),
                 "precision": r["provenance"].get("precision"), "dataset_hash": r["dataset"]["content_hash"],
                 "weights_sha256": (r["model"].get("weights") or {}).get("sha256"),
+                **{f"source_{key}": value for key, value in data_source(r).items()},
             })
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     return df.sort_values(RESULT_ORDER, kind="stable").reset_index(drop=True)
+
+
+def data_source(result: dict) -> dict:
+    """The result's data source (kind, repo, revision, split, fidelity); the toolkit's layout when it has none."""
+    recorded = result.get("data_source")
+    if not isinstance(recorded, dict) or not recorded.get("kind"):
+        return dict(TOOLKIT_SOURCE)
+    return {key: recorded.get(key, TOOLKIT_SOURCE[key]) for key in TOOLKIT_SOURCE}
 
 
 def published_frame(cards: dict[str, ModelCard]) -> "pd.DataFrame":

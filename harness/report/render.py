@@ -20,10 +20,12 @@ from harness.cards import ELEVATER_SUITE, ModelCard, get_suite
 from harness.report.collect import (PAPER_LABEL, RESULT_ORDER, ReportInputs, collect, dataset_columns,
                                     load_crosschecks, load_training_runs, model_cards, published_frame,
                                     unusable_files, with_imported)
+from harness.report.retrieval_sets import file_summaries, pairs_row, retrieval_section, run_summaries, with_pairs_rows
 from harness.report.runsets import runset_tables
 from harness.core.paths import slug
 from harness.report.plots import gain_plots, published_scatter, training_plots
-from harness.report.tables import (MISSING, Table, crosscheck_table, measured_vs_published_table, per_method_tables,
+from harness.report.tables import (MISSING, Table, crosscheck_table, data_sources_table, measured_vs_published_table,
+                                   per_method_tables,
                                    per_model_tables, react_comparison_tables, training_table,
                                    unusable_files_table)
 
@@ -125,8 +127,19 @@ def results_csv(df: "pd.DataFrame", cards: dict[str, ModelCard], crosschecks: li
     return csv.to_csv(index=False, lineterminator="\n")
 
 
+def comparison_with_pairs(df: "pd.DataFrame", cards: dict[str, ModelCard], labels: list[str], inputs: ReportInputs,
+                          runs: list) -> list[Table]:
+    """The REACT comparison tables with the row they imply: pairs per set (:mod:`harness.report.retrieval_sets`)."""
+    tables = react_comparison_tables(df, cards, labels, inputs.protocol, inputs.comparison_dataset, inputs.paper_label)
+    models = {label: set(df[df.run_set == label].model) for label in labels}
+    cells = pairs_row([inputs.paper_label] + labels, models, run_summaries(runs), file_summaries(inputs.pairs_sets))
+    return with_pairs_rows(tables, cells)
+
+
 def build(inputs: ReportInputs, out_root: Path, generated_at: str | None = None) -> Path:
     """Write the report to ``<out_root>/<slug of inputs.name>/``; returns that folder."""
+    from harness.report.retrieved import retrieved_sections
+
     inputs = dataclasses.replace(inputs, run_sets=with_imported(inputs.run_sets))
     df = collect(inputs)
     cards = model_cards(inputs.model_card_dirs)
@@ -138,20 +151,23 @@ def build(inputs: ReportInputs, out_root: Path, generated_at: str | None = None)
     imported = runset_tables(inputs.run_sets, datasets)  # [] without imported run sets
 
     sections: Sections = [
-        ("Results per model", per_model_tables(df, datasets, suite, inputs.protocol)),
+        ("Results per model", per_model_tables(df, datasets, suite, inputs.protocol, inputs.allow_other_splits)),
+        ("Data sources", [data_sources_table(df, datasets)]),
         ("Per method: baseline, locked-text, gated-image", per_method_tables(df, datasets, cards, inputs.protocol)),
-        ("REACT comparison", react_comparison_tables(df, cards, labels, inputs.protocol, inputs.comparison_dataset,
-                                                     inputs.paper_label)),
+        ("REACT comparison", comparison_with_pairs(df, cards, labels, inputs, runs)),
         ("Measured vs published", [measured_vs_published_table(df, cards, inputs.protocol)]),
         ("Cross-check: OpenCLIP vs ELEVATER protocol", [crosscheck_table(lbl, cc) for lbl, cc in crosschecks]),
         *([("Imported predictions vs this harness", imported)] if imported else []),
         ("Training", [training_table(runs)] if runs else []),
+        ("Retrieval set", retrieval_section(df, cards, runs, inputs.pairs_sets)),
+        *retrieved_sections(inputs.retrieved, inputs.run_sets, inputs.protocol),
     ]
     problems = unusable_files(inputs.run_sets)
     if problems:
         sections.append(("Result files not used", [unusable_files_table(problems)]))
     for other in sorted(set(df.protocol) - {inputs.protocol}):
-        sections.insert(1, (f"Results per model ({other} protocol)", per_model_tables(df, datasets, suite, other)))
+        sections.insert(1, (f"Results per model ({other} protocol)",
+                            per_model_tables(df, datasets, suite, other, inputs.allow_other_splits)))
     plots: dict[str, bytes] = {}
     plots.update(gain_plots(df, cards, datasets, inputs.protocol))
     plots.update(published_scatter(df, cards, inputs.protocol))

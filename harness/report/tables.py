@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Iterator
 from harness.core import training_log
 from harness.cards import IMAGENET, DatasetCard, ModelCard, Suite
 from harness.engine.metrics import METRIC_LABELS
-from harness.report.collect import PAPER_LABEL, Family, TrainingRun, families, published_frame, with_published
+from harness.report.collect import DIFFERENT_SPLIT, PAPER_LABEL, Family, TrainingRun, families, published_frame, \
+    with_published
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MISSING = "—"
+OTHER_SPLIT_MARK = "†"  # a score read from a source whose test split is not ELEVATER's (harness.data.sources)
 
 
 @dataclass
@@ -61,13 +63,19 @@ def _run_sets(df: "pd.DataFrame", protocol: str) -> Iterator[tuple[str, "pd.Data
 # ----------------------------------------------------------------------------------------------------------------------
 # per model
 
-def per_model_tables(df: "pd.DataFrame", datasets: list[DatasetCard], suite: Suite, protocol: str) -> list[Table]:
+def _different_split(value: object) -> bool:
+    return value == DIFFERENT_SPLIT
+
+
+def per_model_tables(df: "pd.DataFrame", datasets: list[DatasetCard], suite: Suite, protocol: str,
+                     allow_other_splits: bool = False) -> list[Table]:
     """One table per run set: a row per model, a column per dataset card (in the given order) and the suite's
-    average over the members that were evaluated (datasets outside the suite have a column but are not averaged)."""
+    average over the members that were evaluated (datasets outside the suite have a column but are not averaged).
+    A score read from a ``different split`` source (``source_fidelity``) is marked :data:`OTHER_SPLIT_MARK` and left
+    out of the average unless ``allow_other_splits`` (then the average's header says so and the average is marked)."""
     names = [d.name for d in datasets]
     members = [n for n in names if n in suite.members] + [m for m in suite.members if m not in names]
     n_members = len(suite.members)
-    header = ["model"] + [d.display_name for d in datasets] + [f"{suite.title} (n/{n_members})"]
     if protocol == "elevater":
         metrics = ", ".join(f"{d.display_name}: {METRIC_LABELS[d.metric]}" for d in datasets if d.metric != "accuracy")
         what = f"each dataset with its own ELEVATER metric (top-1 accuracy unless noted: {metrics})"
@@ -75,17 +83,84 @@ def per_model_tables(df: "pd.DataFrame", datasets: list[DatasetCard], suite: Sui
         what = "top-1 accuracy on every dataset (multilabel sets are not scored under this protocol)"
     note = (f"Scores in percent; {what}. {MISSING} = not evaluated. {suite.title} is the mean over the evaluated "
             f"datasets of the {suite.name} suite only; (n/{n_members}) says how many went in.")
+    display = {d.name: d.display_name for d in datasets}
     tables = []
     for run_set, part in _run_sets(df, protocol):
         grid = score_grid(part, "model", "dataset")
+        other = part[part.source_fidelity.map(_different_split)] if "source_fidelity" in part else part.iloc[:0]
+        marked = set(zip(other.model, other.dataset))
         rows = []
+        included_other = False
         for model in grid.index:
             scores = grid.loc[model]
-            present = [float(scores[m]) for m in members if m in scores.index and scores[m] == scores[m]]
+            present, with_other = [], False
+            for m in members:
+                if m not in scores.index or scores[m] != scores[m]:
+                    continue
+                if (model, m) in marked:
+                    if not allow_other_splits:
+                        continue
+                    with_other = True
+                present.append(float(scores[m]))
+            included_other |= with_other
             avg = f"{sum(present) / len(present):.2f}" if present else MISSING
-            rows.append([model] + [fmt(scores.get(n)) for n in names] + [f"{avg} ({len(present)}/{n_members})"])
-        tables.append(Table(f"Results per model — {run_set}, {protocol} protocol", header, rows, note=note))
+            mark = f" {OTHER_SPLIT_MARK}" if with_other else ""
+            cells = [fmt(scores.get(n)) + (f" {OTHER_SPLIT_MARK}" if (model, n) in marked else "") for n in names]
+            rows.append([model] + cells + [f"{avg}{mark} ({len(present)}/{n_members})"])
+        title = f"{suite.title}, other splits included" if included_other else suite.title
+        header = ["model"] + [d.display_name for d in datasets] + [f"{title} (n/{n_members})"]
+        table_note = note
+        if marked:
+            which = sorted({d for _, d in marked}, key=lambda d: names.index(d) if d in names else len(names))
+            srcs = []
+            for d in which:
+                row = other[other.dataset == d].iloc[-1]
+                srcs.append(f"{display.get(d, d)}: {source_label(row)}")
+            table_note += (f" {OTHER_SPLIT_MARK} = different split: read from a source whose test split is not "
+                           f"ELEVATER's ({'; '.join(srcs)}), so the number is not comparable to published ELEVATER "
+                           f"numbers; " + ("included in the average as asked (--allow-other-splits)."
+                                           if allow_other_splits else
+                                           f"left out of {suite.title} (--allow-other-splits includes it)."))
+        tables.append(Table(f"Results per model — {run_set}, {protocol} protocol", header, rows, note=table_note))
     return tables
+
+
+def source_label(row: object) -> str:
+    """A result row's data source in words: kind, repo@revision (short), split."""
+    kind = getattr(row, "source_kind", None) or "elevater"
+    repo = getattr(row, "source_repo", None)
+    rev = getattr(row, "source_revision", None)
+    split = getattr(row, "source_split", None)
+    if kind == "elevater" or not isinstance(repo, str):
+        return f"{kind} (the toolkit's layout)" if kind == "elevater" else kind
+    at = f"@{rev[:8]}" if isinstance(rev, str) and rev else "@(revision unknown)"
+    return f"{kind} {repo}{at}" + (f", split {split}" if isinstance(split, str) and split else "")
+
+
+def data_sources_table(df: "pd.DataFrame", datasets: list[DatasetCard]) -> Table:
+    """Per run set and dataset, where the test images came from: kind, repo@revision, split, fidelity, and how many
+    results read them."""
+    order = {d.name: i for i, d in enumerate(datasets)}
+    display = {d.name: d.display_name for d in datasets}
+    rows = []
+    if not df.empty:
+        cols = ["run_set", "dataset", "source_kind", "source_repo", "source_revision", "source_split",
+                "source_fidelity"]
+        keyed = df[cols].astype(object).where(df[cols].notna(), None)
+        groups: dict[tuple, int] = {}
+        for key in keyed.itertuples(index=False, name=None):
+            groups[key] = groups.get(key, 0) + 1
+        for (run_set, dataset, kind, repo, rev, split, fidelity), count in sorted(
+                groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), str(kv[0][2:]))):
+            fid = fidelity or "same split"
+            rows.append([run_set, display.get(dataset, dataset), kind or "elevater",
+                         f"{repo}@{rev[:8]}" if repo and rev else (repo or "the toolkit's container layout"),
+                         split or MISSING, fid + (f" {OTHER_SPLIT_MARK}" if _different_split(fid) else ""),
+                         str(count)])
+    return Table("Data sources", ["run set", "dataset", "source", "repo@revision", "split", "fidelity", "results"],
+                 rows, note=f"Where each dataset's test images were read from (results without a recorded source "
+                            f"read the toolkit's own layout). {OTHER_SPLIT_MARK} = not ELEVATER's test split; "
+                            f"'same images in another order' = ELEVATER's test images, read in another order.")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

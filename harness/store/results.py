@@ -21,6 +21,9 @@ Result JSON, ``schema_version`` 2:
 - ``metric`` (primary metric id), ``score`` (primary metric in percent), ``metrics`` {id: fraction in [0, 1]}
 - ``n_images`` (scored); ``skipped_images`` {count, ids, reasons} (only with --skip-bad-images); ``files``
   {role: file name}; ``files_sha256`` {role: sha256 of that file's content}
+- ``data_source``: where the test images came from — kind (elevater, elevater-rehost, clip-benchmark), repo,
+  revision, split, fidelity (same split, same images in another order, different split); see harness.data.sources.
+  Optional within schema 2 (results written before it existed read as the toolkit's own data)
 - ``provenance``: packages, git, python, platform, device, device_name, precision, numerics, batch_size, workers,
   world_size (torchrun ranks that computed the features; 1 for one process), gathered_by_rank_0, date, seconds,
   images_per_second, classifier_from_cache, image_source
@@ -320,6 +323,7 @@ def result_record(key: RunKey, model: dict, dcard: DatasetCard, data: Any, proto
             "version": dcard.version, "layout": data.layout, "location": data.location, "split": dcard.eval_split,
             "fingerprint": key.parts["data"],
         },
+        "data_source": getattr(data, "source", None) or None,
         "protocol": protocol, "metric": metric, "score": round(100.0 * metrics[metric], 4), "metrics": metrics,
         "n_images": n_images, "files": files, "files_sha256": data_file_hashes(folder, files),
         "provenance": {"packages": _package_versions(), "git": _git_hash(), "python": sys.version.split()[0],

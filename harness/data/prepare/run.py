@@ -29,6 +29,12 @@ class PrepareOptions:
     storage_url: str | None = None  # None: HARNESS_DATA_URL, else the toolkit's container
     split: str = "test"
     download: DownloadOptions = field(default_factory=DownloadOptions)
+    # Which source (harness.data.prepare.sources_run.SOURCE_CHOICES): "auto" = per dataset the most faithful that
+    # answers. The library default stays the toolkit's container; the CLI's is auto unless --storage-url is given.
+    source: str = "elevater"
+    plan_only: bool = False  # say per dataset what would be fetched (source, files, bytes, fidelity); fetch nothing
+    whole_zip: bool = False  # the re-host's server ignores Range requests: download the whole zip instead
+    merge_gap: int = 1 << 20  # re-host members closer than this many bytes are fetched in one Range request
 
 
 @dataclass
@@ -40,6 +46,7 @@ class DatasetOutcome:
     downloaded: list[str] = field(default_factory=list)
     bytes_received: int = 0
     num_images: int | None = None
+    source: str = ""  # the source used, in words: kind, repo@commit, fidelity ("": the plain --source elevater run)
 
 
 @dataclass
@@ -48,6 +55,10 @@ class PrepareSummary:
     storage: str  # printable: no query string
     source: str  # "--storage-url", "HARNESS_DATA_URL" or "default"
     outcomes: list[DatasetOutcome] = field(default_factory=list)
+    mode: str = "elevater"  # --source
+    hub: str = ""  # the hub endpoint (sources other than the toolkit's container)
+    notes: list[str] = field(default_factory=list)  # lines said once, before the per-dataset lines
+    plan: list[Any] = field(default_factory=list)  # --plan-only: plan.PlanRow per dataset and source tried
 
     def by_status(self, status: str) -> list[DatasetOutcome]:
         return [o for o in self.outcomes if o.status == status]
@@ -57,11 +68,18 @@ class PrepareSummary:
         return self.by_status("failed")
 
     def lines(self) -> list[str]:
+        if self.plan:
+            return [f"prepare --plan-only: {self.data_root} (nothing downloaded)", *self.notes,
+                    *(row.line() for row in self.plan)]
         ready = len(self.by_status("downloaded")) + len(self.by_status("present"))
-        out = [f"prepare: {self.data_root} from {self.storage} ({self.source}): {ready} ready "
+        where = (f"from {self.storage} ({self.source})" if self.mode == "elevater" else
+                 f"--source {self.mode} (hub {self.hub}; the toolkit's container {self.storage}, {self.source})")
+        out = [f"prepare: {self.data_root} {where}: {ready} ready "
                f"({len(self.by_status('downloaded'))} downloaded, {len(self.by_status('present'))} already present), "
                f"{len(self.by_status('skipped'))} skipped, {len(self.failed)} failed"]
-        out += [f"  {o.status:10s} {o.name}: {o.detail}" for o in self.outcomes]
+        out += self.notes
+        out += [f"  {o.status:10s} {o.name}: {o.detail}" + (f" [{o.source}]" if o.source else "")
+                for o in self.outcomes]
         return out
 
 
@@ -231,6 +249,10 @@ def prepare(data_root: str | Path, datasets: str | Sequence[str] | None = None,
     if lacking:
         raise HarnessError(f"Split '{opts.split}' is not in the card(s) {', '.join(lacking)}; their splits: "
                            f"{', '.join(sorted({s for c in cards for s in c.splits}))}. Pass --split test.")
+    if opts.source != "elevater" or opts.plan_only:
+        from harness.data.prepare.sources_run import prepare_sources
+
+        return prepare_sources(data_root, cards, skipped, opts, storage_url, source)
     data_root.mkdir(parents=True, exist_ok=True)
     summary = PrepareSummary(data_root, public_url(storage_url), source)
     summary.outcomes += [DatasetOutcome(c.name, "skipped", imagenet_skip_message(c)) for c in skipped]
