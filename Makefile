@@ -151,13 +151,15 @@ PAIRS_PARQUET ?= $(PAIRS_DIR)/$(PAIRS_FILE)
 PAIRS_FLAGS ?=
 .PHONY: install-pairs pairs pairs-stats
 # With PAIRS_DIR, train-gated/train-locked read --train-data and --train-num-samples from PAIRS_DIR/availability.json;
-# TRAIN_DATA / TRAIN_NUM_SAMPLES given on the command line (or in the environment) still win.
-PAIRS_CHECK = $(if $(PAIRS_DIR),$(PY) -m training.pairs show $(PAIRS_DIR) && ,)
+# TRAIN_DATA and TRAIN_NUM_SAMPLES given (command line or environment) win, but only both together: one of them
+# from the pairs set and the other from the user would train on shards with another set's sample count.
+PAIRS_GIVEN = $(filter-out file default undefined,$(origin TRAIN_DATA))$(filter-out file default undefined,$(origin TRAIN_NUM_SAMPLES))
+PAIRS_MIX = $(and $(PAIRS_DIR),$(filter-out file default undefined,$(origin TRAIN_DATA) $(origin TRAIN_NUM_SAMPLES)),$(filter file,$(origin TRAIN_DATA) $(origin TRAIN_NUM_SAMPLES)))
+PAIRS_MIX_REFUSAL = { echo "PAIRS_DIR=$(PAIRS_DIR) with only one of TRAIN_DATA / TRAIN_NUM_SAMPLES given: give both, or neither (both then come from $(PAIRS_DIR)/availability.json)" >&2; exit 2; } &&
+PAIRS_CHECK = $(if $(PAIRS_MIX),$(PAIRS_MIX_REFUSAL) ,$(if $(and $(PAIRS_DIR),$(if $(PAIRS_GIVEN),,1)),$(PY) -m training.pairs show $(PAIRS_DIR) && ,))
 ifneq ($(PAIRS_DIR),)
-ifeq ($(origin TRAIN_DATA),file)
+ifeq ($(origin TRAIN_DATA)$(origin TRAIN_NUM_SAMPLES),filefile)
 TRAIN_DATA = $(shell $(PY) -m training.pairs show $(PAIRS_DIR) --field train_data_pattern 2>/dev/null)
-endif
-ifeq ($(origin TRAIN_NUM_SAMPLES),file)
 TRAIN_NUM_SAMPLES = $(shell $(PY) -m training.pairs show $(PAIRS_DIR) --field successes 2>/dev/null)
 endif
 endif
@@ -170,7 +172,7 @@ install-pairs:  ## img2dataset==1.47.0 in its own venv (.venv-pairs): it pins we
 
 pairs:  ## REACT's pairs parquet -> img2dataset shards -> availability.json: make pairs PAIRS_DIR=... [PAIRS_FLAGS='--processes 64 --threads 12']
 	@test -n "$(PAIRS_DIR)" || { echo "make pairs needs PAIRS_DIR=<folder for the parquet and shards>"; exit 2; }
-	$(PY) -m training.pairs fetch --out $(PAIRS_DIR) --repo $(PAIRS_REPO) --file $(PAIRS_FILE)
+	$(if $(filter file,$(origin PAIRS_PARQUET)),$(PY) -m training.pairs fetch --out $(PAIRS_DIR) --repo $(PAIRS_REPO) --file $(PAIRS_FILE),@echo "PAIRS_PARQUET=$(PAIRS_PARQUET) given: not fetching $(PAIRS_REPO)")
 	$(PY) -m training.pairs download --parquet $(PAIRS_PARQUET) --out $(PAIRS_DIR) $(PAIRS_FLAGS)
 	$(PY) -m training.pairs stats $(PAIRS_DIR)
 
@@ -186,6 +188,9 @@ CUSTOM_NAME ?= customized_$(basename $(notdir $(DATASET)))
 CUSTOM_DIR ?= ./customize/$(CUSTOM_NAME)
 QUERY_FLAGS ?=
 CUSTOMIZE_TRAIN ?= train-gated
+# the download is cut into at least CUSTOM_RANKS x CUSTOM_WORKERS shards (every training data worker needs one)
+CUSTOM_RANKS ?= $(if $(filter train-tiny-pairs,$(CUSTOMIZE_TRAIN)),$(NPROC),$(NGPUS))
+CUSTOM_WORKERS ?= $(if $(filter train-tiny-pairs,$(CUSTOMIZE_TRAIN)),1,4)
 TINY_BASE_CKPT ?= $(DEMO_DIR)/checkpoints/tiny-base.pt
 # a card of your own (root_folder absolute) needs no data root: the current folder serves when DATA_ROOT is absent
 CUSTOM_DATA_ROOT = $(if $(wildcard $(DATA_ROOT)),$(DATA_ROOT),.)
@@ -195,7 +200,8 @@ RETRIEVAL_DEMO_DIR ?= ./demo_retrieval
 customize:  ## retrieve -> download -> train-gated -> eval -> report for a dataset card: make customize DATASET=my_card.yaml INDEX=./index
 	@test -n "$(INDEX)" || { echo "make customize needs INDEX=<index folder> (python -m retrieval embed + index)"; exit 2; }
 	$(PY) -m retrieval query --index $(INDEX) --dataset $(DATASET) --out $(CUSTOM_DIR)/pairs.parquet --no-progress $(QUERY_FLAGS)
-	$(PY) -m training.pairs download --parquet $(CUSTOM_DIR)/pairs.parquet --out $(CUSTOM_DIR)/pairs $(PAIRS_FLAGS)
+	nps=$$($(PY) -m training.pairs shard-size --parquet $(CUSTOM_DIR)/pairs.parquet --ranks $(CUSTOM_RANKS) --workers $(CUSTOM_WORKERS)) && \
+	    $(PY) -m training.pairs download --parquet $(CUSTOM_DIR)/pairs.parquet --out $(CUSTOM_DIR)/pairs $$nps $(PAIRS_FLAGS)
 	$(PY) -m training.pairs stats $(CUSTOM_DIR)/pairs
 	$(MAKE) --no-print-directory $(CUSTOMIZE_TRAIN) PAIRS_DIR=$(CUSTOM_DIR)/pairs IMAGENET_VAL= \
 	    TRAIN_FLAGS="--name $(CUSTOM_NAME) --logs $(CUSTOM_DIR)/logs --model-card-dir $(CUSTOM_DIR)/model_cards \

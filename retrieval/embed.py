@@ -107,18 +107,37 @@ def embed_shard(loaded: Any, path: Path, out: IndexDir, options: EmbedOptions, i
     meta = pd.DataFrame({"key": [s.key for s in kept], "url": [s.url for s in kept],
                          "caption": [s.caption for s in kept], "shard": [name] * len(kept)})
     atomic_write(out.metadata(name), lambda f: meta.to_parquet(f, index=False))
-    marker = {**identity, "shard": name, "source": str(path), "rank": rank, "count": len(kept), "dim": dim,
+    marker = {**identity, "shard": name, **source_identity(path), "rank": rank, "count": len(kept), "dim": dim,
               "modalities": list(options.modalities), "skipped": skipped}
     write_json(out.marker(name), marker)
     return marker
 
 
-def _finished(out: IndexDir, name: str, identity: dict, modalities: Sequence[str]) -> dict | None:
-    """The shard's marker when it was committed by this model with these modalities (its files present)."""
+SOURCE_KEYS = ("source", "source_size", "source_mtime_ns")
+
+
+def source_identity(path: Path) -> dict:
+    """The source shard a marker was embedded from: resolved path, size, mtime (ns)."""
+    st = Path(path).stat()
+    return {"source": str(Path(path).resolve()), "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
+
+
+def _finished(out: IndexDir, name: str, identity: dict, modalities: Sequence[str],
+              source: Path | None = None) -> dict | None:
+    """The shard's marker when it was committed by this model with these modalities (its files present) from this
+    source shard (path, size, mtime; ``source`` None: any)."""
     path = out.marker(name)
     if not path.is_file():
         return None
     marker = read_json(path, "shard marker")
+    if source is not None:
+        now = source_identity(source)
+        if {k: marker.get(k) for k in SOURCE_KEYS} != now:
+            logger.warning("shard %s: %s was embedded from %s (%s bytes, mtime %s), not from %s (%d bytes, mtime %d): "
+                           "embedding it again", name, out.marker(name), marker.get("source"),
+                           marker.get("source_size"), marker.get("source_mtime_ns"), now["source"],
+                           now["source_size"], now["source_mtime_ns"])
+            return None
     theirs = {k: marker.get(k) for k in identity}
     if theirs != identity:
         raise RetrievalError(f"{out.root} already holds shard {name} embedded by {theirs}, not {identity}. Embed into "
@@ -137,6 +156,7 @@ def write_manifest(out: IndexDir, shards: Sequence[str], identity: dict, modalit
         raise RetrievalError(f"{out.root}: shards hold embeddings of different widths {sorted(dims)}.")
     manifest = {"format": FORMAT, **identity, "model_card": model_card, "modalities": list(modalities),
                 "dim": dims.pop() if dims else None, "shards": list(shards), "counts": [m["count"] for m in markers],
+                "sources": [{k: m.get(k) for k in SOURCE_KEYS} for m in markers],
                 "count": sum(m["count"] for m in markers),
                 "skipped": sum(len(m.get("skipped", {})) for m in markers)}
     write_json(out.manifest, manifest)
@@ -181,7 +201,7 @@ def run_embed(shards_pattern: str, out_dir: str | Path, model: str, options: Emb
     done = images = 0
     start = time.perf_counter()
     for path, name in mine:
-        if _finished(out, name, identity, options.modalities) is None:
+        if _finished(out, name, identity, options.modalities, path) is None:
             marker = embed_shard(loaded, path, out, options, identity, shard.rank if shard else 0)
             images += marker["count"]
             done += 1
@@ -193,7 +213,7 @@ def run_embed(shards_pattern: str, out_dir: str | Path, model: str, options: Emb
         shard.barrier()
     if not main:
         return None
-    missing = [n for n in names if _finished(out, n, identity, options.modalities) is None]
+    missing = [n for p, n in zip(paths, names) if _finished(out, n, identity, options.modalities, p) is None]
     if missing:
         raise RetrievalError(f"{len(missing)} shard(s) have no committed embeddings (e.g. {missing[0]}); rerun embed.")
     card_file = Path(model).expanduser()  # a card named by path is found again by its absolute path

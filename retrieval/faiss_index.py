@@ -12,12 +12,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from harness.core.atomic import atomic_write, write_json
-from retrieval.layout import FORMAT, IndexDir, RetrievalError, natural_key, read_json
+from retrieval.layout import FORMAT, IndexDir, RetrievalError, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +51,12 @@ def choose_index(n: int, dim: int, max_memory: int) -> IndexChoice:
                          f"even at 4 bytes each (about {n * 12 / 2**20:.0f} MiB); raise it.")
 
 
-def load_embeddings(out: IndexDir, manifest: dict, modality: str) -> np.ndarray:
-    """The committed embeddings of ``modality`` in manifest order, float32, after checking each shard's rows against
-    its metadata rows."""
+ADD_CHUNK = 65_536  # rows converted to float32 and added at a time
+
+
+def load_embeddings(out: IndexDir, manifest: dict, modality: str) -> list[np.ndarray]:
+    """The committed fp16 embeddings of ``modality``, one memory-mapped array per shard in manifest order (nothing
+    is read into RAM here), after checking each shard's rows against its metadata rows."""
     import pyarrow.parquet as pq
 
     parts = []
@@ -68,22 +71,43 @@ def load_embeddings(out: IndexDir, manifest: dict, modality: str) -> np.ndarray:
             raise RetrievalError(f"index/corpus mismatch in shard {name}: {path} holds {rows.shape[0]} rows of width "
                                  f"{rows.shape[1]}, its metadata {meta_rows} rows, the manifest says {count} of width "
                                  f"{manifest['dim']}. Delete {out.marker(name)} and rerun embed.")
-        parts.append(np.asarray(rows, dtype=np.float32))
-    return np.concatenate(parts) if parts else np.zeros((0, manifest["dim"] or 0), np.float32)
+        parts.append(rows)
+    return parts
 
 
-def build_faiss(vectors: np.ndarray, choice: IndexChoice, seed: int = 0) -> Any:
+def _rows(parts: Sequence[np.ndarray], wanted: np.ndarray) -> np.ndarray:
+    """Rows ``wanted`` (sorted global row numbers) of the concatenation of ``parts``, as float32."""
+    out = np.empty((len(wanted), parts[0].shape[1]), np.float32)
+    start = done = 0
+    for part in parts:
+        stop = start + len(part)
+        mine = wanted[(wanted >= start) & (wanted < stop)]
+        out[done:done + len(mine)] = part[mine - start]
+        done += len(mine)
+        start = stop
+    return out
+
+
+def build_faiss(parts: np.ndarray | Sequence[np.ndarray], choice: IndexChoice, seed: int = 0,
+                chunk: int = ADD_CHUNK) -> Any:
+    """The index of the rows of ``parts`` (one array, or several taken in order; fp16 or float32, memory-mapped or
+    not): an IVF index is trained on a seeded random sample of the rows; rows are added ``chunk`` at a time as
+    float32, so the corpus is never in RAM whole."""
     import faiss
 
-    index = faiss.index_factory(vectors.shape[1], choice.key, faiss.METRIC_INNER_PRODUCT)
+    if isinstance(parts, np.ndarray):
+        parts = [parts]
+    dim = parts[0].shape[1]
+    total = sum(len(p) for p in parts)
+    index = faiss.index_factory(dim, choice.key, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         nlist = faiss.extract_index_ivf(index).nlist
-        take = min(len(vectors), max(TRAIN_PER_LIST * nlist, 10_000))
-        sample = vectors[np.sort(rng.choice(len(vectors), take, replace=False))]
-        index.train(np.ascontiguousarray(sample))
-    for start in range(0, len(vectors), 100_000):
-        index.add(np.ascontiguousarray(vectors[start:start + 100_000]))
+        take = min(total, max(TRAIN_PER_LIST * nlist, 10_000))
+        index.train(_rows(parts, np.sort(rng.choice(total, take, replace=False))))
+    for part in parts:
+        for start in range(0, len(part), chunk):
+            index.add(np.ascontiguousarray(part[start:start + chunk], dtype=np.float32))
     if choice.nprobe:
         faiss.extract_index_ivf(index).nprobe = choice.nprobe
     return index
@@ -96,6 +120,14 @@ def write_faiss(index: Any, path: Path) -> None:
     atomic_write(path, lambda f: f.write(blob.tobytes()), size=int(blob.nbytes))
 
 
+def manifest_digest(out: IndexDir) -> str:
+    """sha256 of the embeddings manifest (it names every shard's source, counts and model): what an index was built
+    from."""
+    import hashlib
+
+    return hashlib.sha256(out.manifest.read_bytes()).hexdigest()
+
+
 def build_indices(index_dir: str | Path, max_memory: int, key: str | None = None) -> dict:
     """Build ``<modality>.index`` for every embedded modality of ``index_dir`` and write ``index.json``."""
     out = IndexDir(Path(index_dir).expanduser())
@@ -106,15 +138,17 @@ def build_indices(index_dir: str | Path, max_memory: int, key: str | None = None
     manifest = read_json(out.manifest, "manifest")
     info = {"format": FORMAT, **{k: manifest.get(k) for k in ("model", "model_card", "architecture",
                                                                "weights_sha256", "precision", "dim")},
-            "count": manifest["count"], "shards": manifest["shards"], "metric": "inner_product", "indices": {}}
+            "count": manifest["count"], "shards": manifest["shards"], "metric": "inner_product",
+            "embeddings_sha256": manifest_digest(out), "indices": {}}
     for modality in manifest["modalities"]:
-        vectors = load_embeddings(out, manifest, modality)
-        if len(vectors) == 0:
+        parts = load_embeddings(out, manifest, modality)
+        rows = sum(len(p) for p in parts)
+        if rows == 0:
             raise RetrievalError(f"{out.root}: no {modality} embeddings to index (every shard empty).")
         choice = IndexChoice(key, 8 if key.startswith("IVF") else 0, 0) if key else choose_index(
-            len(vectors), vectors.shape[1], max_memory)
-        logger.info("%s: %d vectors -> %s", modality, len(vectors), choice.key)
-        index = build_faiss(vectors, choice)
+            rows, parts[0].shape[1], max_memory)
+        logger.info("%s: %d vectors -> %s", modality, rows, choice.key)
+        index = build_faiss(parts, choice)
         write_faiss(index, out.index_file(modality))
         info["indices"][modality] = {"file": out.index_file(modality).name, "key": choice.key,
                                      "nprobe": choice.nprobe, "count": int(index.ntotal)}
@@ -151,8 +185,9 @@ def _read_metadata(root: Path, shards: list[str] | None) -> Any:
     if shards is not None:
         files = [IndexDir(root).metadata(s) for s in shards]
     else:
-        files = sorted(folder.glob("*.parquet"), key=natural_key) if folder.is_dir() else []
-        files = files or sorted(root.glob("*.parquet"), key=natural_key)
+        # clip-retrieval and autofaiss take the parts in plain file-name order (img_emb_10 before img_emb_2)
+        files = sorted(folder.glob("*.parquet"), key=lambda p: p.name) if folder.is_dir() else []
+        files = files or sorted(root.glob("*.parquet"), key=lambda p: p.name)
     if not files:
         raise RetrievalError(f"{root}: no metadata parquet (expected {folder}/*.parquet with url and caption "
                              f"columns, as clip-retrieval writes).")
@@ -160,9 +195,14 @@ def _read_metadata(root: Path, shards: list[str] | None) -> Any:
     lower = {c.lower(): c for c in frame.columns}
     for want, alternatives in (("url", ("url",)), ("caption", ("caption", "text")), ("key", ("key", "image_path"))):
         found = next((lower[a] for a in alternatives if a in lower), None)
-        frame[want] = frame[found].astype(str) if found else ([""] * len(frame) if want != "key" else
+        frame[want] = _text_column(frame[found]) if found else ([""] * len(frame) if want != "key" else
                                                               [str(i) for i in range(len(frame))])
     return frame[["key", "url", "caption"]]
+
+
+def _text_column(column: Any) -> Any:
+    """Strings of a metadata column; a null (None, NaN) is "" (pandas' astype(str) would make it "nan"/"None")."""
+    return column.astype(object).where(column.notna(), "").astype(str)
 
 
 def open_index(index_dir: str | Path, modality: str, model: str | None = None, nprobe: int | None = None
@@ -188,6 +228,10 @@ def open_index(index_dir: str | Path, modality: str, model: str | None = None, n
     if not info and not model:
         raise RetrievalError(f"{root} has no index.json (a clip-retrieval / LAION folder): name the CLIP model that "
                              f"made its embeddings with --model CARD.")
+    if info and out.manifest.is_file() and info.get("embeddings_sha256") != manifest_digest(out):
+        raise RetrievalError(f"index/corpus mismatch: {out.index_info} was built from other embeddings than the "
+                             f"{out.manifest.name} now in {root} (embed ran again since, on changed or other shards). "
+                             f"Rebuild the index: python -m retrieval index {root}.")
     index = _read_index(path)
     metadata = _read_metadata(root, info.get("shards"))
     if index.ntotal != len(metadata) or (info and info.get("count") != index.ntotal):

@@ -17,7 +17,6 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness.core.errors import HarnessError
 
@@ -56,11 +55,6 @@ class IndexDir:
     @property
     def index_info(self) -> Path:
         return self.root / INDEX_INFO
-
-
-def natural_key(path: Path) -> list[Any]:
-    """Sort key that puts ``metadata_10`` after ``metadata_9``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -40,6 +40,11 @@ def class_prompts(card) -> list[list[str]]:
     return [[t.format(name) for t in card.templates] for name in card.classnames]
 
 
+def image_identities(urls: list, keys: list) -> list[str]:
+    """What makes two rows one image for dedup: its URL; a row with no URL (null, NaN, empty) is its key."""
+    return [u if isinstance(u, str) and u else f"key:{k}" for u, k in zip(urls, keys)]
+
+
 def stats_path(out: Path) -> Path:
     return out.with_suffix(".json")
 
@@ -91,7 +96,7 @@ def run_query(index_dir: str | Path, dataset: str, out: str | Path, options: Que
         bar.update(len(chunk))
     bar.close()
     meta = opened.metadata
-    identity = [u if u else f"key:{k_}" for u, k_ in zip(meta["url"].tolist(), meta["key"].tolist())]
+    identity = image_identities(meta["url"].tolist(), meta["key"].tolist())
     found, offset = [], 0
     for ps in prompts:
         found.append(gather(scores[offset:offset + len(ps)], rows[offset:offset + len(ps)], ps, identity))

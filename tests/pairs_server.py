@@ -67,6 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         with owner.lock:
             owner.hits[kind] = owner.hits.get(kind, 0) + 1
+            owner.path_hits[self.path] = owner.path_hits.get(self.path, 0) + 1
         if kind in ("ok", "flaky") and (kind == "ok" or owner.healed.is_set()):
             return self._send(200, jpeg(index), "image/jpeg")
         if kind == "flaky":
@@ -105,6 +106,7 @@ class ImageServer:
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.hits: dict[str, int] = {}
+        self.path_hits: dict[str, int] = {}  # GETs per request path (/<kind>/<index>.jpg)
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
         self.port = self._server.server_address[1]

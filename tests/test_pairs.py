@@ -218,7 +218,8 @@ def _stats(folder: Path) -> dict:
 
 
 def _kill_mid_download(cmd: list[str], shards: Path, n_shards: int) -> None:
-    """Start the download in its own process group, SIGKILL the whole group once some (not all) shards finished."""
+    """Start the download in its own process group, SIGKILL every process of it (its group and img2dataset's) once
+    some (not all) shards finished."""
     proc = subprocess.Popen([sys.executable, "-m", "training.pairs", *cmd], cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -229,8 +230,13 @@ def _kill_mid_download(cmd: list[str], shards: Path, n_shards: int) -> None:
             if 1 <= done < n_shards:
                 break
             time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+    finally:  # every process: the wrapper's group and img2dataset's (a session of its own)
+        groups = {_pgid(p) for p in _descendants(proc.pid)} - {None} | {proc.pid}
+        for group in groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
 
 
@@ -244,8 +250,14 @@ def downloaded(server, img2dataset, tmp_path_factory):
     _kill_mid_download(_download_args(parquet, out), out / "shards", math.ceil(len(KINDS) / NPS))
     finished = sorted(int(p.name[:5]) for p in (out / "shards").glob("*_stats.json"))
     partial = sorted(int(p.name[:5]) for p in (out / "shards").glob("*.tar") if int(p.name[:5]) not in finished)
-    killed = dict(_stats(out), finished_ids=finished, partial_ids=partial)
+    files = {p: p.stat().st_mtime_ns for s in finished
+             for p in (out / "shards" / f"{s:05d}.tar", out / "shards" / f"{s:05d}.parquet",
+                       out / "shards" / f"{s:05d}_stats.json")}
+    hits_after_kill = dict(server.path_hits)
+    killed = dict(_stats(out), finished_ids=finished, partial_ids=partial, finished_files=files,
+                  hits_after_kill=hits_after_kill)
     _pairs(*_download_args(parquet, out))
+    killed["hits_after_resume"] = dict(server.path_hits)
     return out, parquet, killed
 
 
@@ -254,6 +266,8 @@ def test_stats_after_a_kill_count_finished_shards_and_mark_partial_ones(download
     """Stats of a SIGKILLed download: exactly the finished shards' rows; an interrupted shard apart, not counted."""
     from training.data import expand_urls
 
+    from harness.core.pairs_availability import resolve_pattern
+
     out, _, killed = downloaded
     ids = killed["finished_ids"]
     assert 1 <= len(ids) < math.ceil(len(KINDS) / NPS) and killed["complete"] is False
@@ -261,7 +275,9 @@ def test_stats_after_a_kill_count_finished_shards_and_mark_partial_ones(download
     truth = _truth(kinds, EXPECTED)
     assert (killed["total"], killed["successes"], killed["failures"]) == (len(kinds), truth["success"],
                                                                          _failures(truth))
-    assert expand_urls(killed["train_data_pattern"]) == [str(out.resolve() / "shards" / f"{i:05d}.tar") for i in ids]
+    assert killed["train_data_pattern"].startswith("shards/")  # relative to the pairs folder
+    assert expand_urls(resolve_pattern(killed["train_data_pattern"], out)) == [
+        str(out.resolve() / "shards" / f"{i:05d}.tar") for i in ids]
     assert [int(p["shard"]) for p in killed["partial_shards"]] == killed["partial_ids"]
     assert all(p["tar_samples"] <= NPS for p in killed["partial_shards"])
     assert killed["partial_samples"] == sum(p["tar_samples"] for p in killed["partial_shards"])
@@ -270,6 +286,7 @@ def test_stats_after_a_kill_count_finished_shards_and_mark_partial_ones(download
 @pytest.mark.slow
 def test_resumed_download_equals_the_servers_truth_count_by_count(downloaded, server):
     """After the kill and the resume: every URL once, outcomes exactly the server's, no shard counted twice."""
+    from harness.core.pairs_availability import resolve_pattern
     from training.data import expand_urls
 
     out, _, _ = downloaded
@@ -280,7 +297,7 @@ def test_resumed_download_equals_the_servers_truth_count_by_count(downloaded, se
     assert data["failures"] == _failures(truth)
     assert data["shards"] == math.ceil(len(KINDS) / NPS) and data["partial_shards"] == []
     assert data["complete"] is True and data["success_rate"] == pytest.approx(truth["success"] / len(KINDS))
-    tars = expand_urls(data["train_data_pattern"])
+    tars = expand_urls(resolve_pattern(data["train_data_pattern"], out))
     assert tars == [str(out.resolve() / "shards" / f"{i:05d}.tar") for i in range(data["shards"])]
     assert data["bytes"] == sum(Path(t).stat().st_size for t in tars)
     samples = []
@@ -299,12 +316,32 @@ def test_resumed_download_equals_the_servers_truth_count_by_count(downloaded, se
 
 
 @pytest.mark.slow
-def test_rerun_of_a_finished_download_runs_nothing(downloaded):
+def test_the_resume_did_not_redo_the_shards_finished_before_the_kill(downloaded, server):
+    """Shards finished before the SIGKILL: their files untouched by the resume, their URLs not requested again;
+    the other URLs were requested by the resume."""
+    out, _, killed = downloaded
+    assert killed["finished_files"] and all(p.stat().st_mtime_ns == t for p, t in killed["finished_files"].items())
+    before, after = killed["hits_after_kill"], killed["hits_after_resume"]
+    rows = server.rows(KINDS)
+    finished = {i for s in killed["finished_ids"] for i in range(s * NPS, min((s + 1) * NPS, len(KINDS)))}
+    served = [(i, r.url[len(server.url):]) for i, r in enumerate(rows) if r.url.startswith(server.url + "/")]
+    done = [path for i, path in served if i in finished]
+    assert done and all(after.get(path, 0) == before.get(path, 0) >= 1 for path in done)
+    unfinished = [path for i, path in served if i not in finished and not path.startswith("/stall/")]
+    assert unfinished and all(after.get(path, 0) > before.get(path, 0) for path in unfinished)
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_download_runs_nothing(downloaded, server):
     out, parquet, _ = downloaded
     before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    log = (out / "img2dataset.log").read_text()
+    hits = dict(server.path_hits)
     res = _pairs(*_download_args(parquet, out))
-    assert "are finished" in res.stdout
+    assert res.returncode == 0 and "are finished" in res.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == before
+    assert (out / "img2dataset.log").read_text() == log  # img2dataset was not started
+    assert server.path_hits == hits  # and no URL was requested
 
 
 @pytest.mark.slow
@@ -351,7 +388,7 @@ def test_make_train_gated_trains_on_the_pairs(downloaded, demo_root, tmp_path):
     recorded = [r["train_data_set"] for r in rows if "train_data_set" in r]
     assert len(recorded) == 1
     assert recorded[0]["successes"] == data["successes"] and recorded[0]["total"] == data["total"]
-    assert recorded[0]["train_data_pattern"] == data["train_data_pattern"]
+    assert recorded[0]["train_data_pattern"] == str(out.resolve() / data["train_data_pattern"])
     assert recorded[0]["source_parquet"] == "pairs.parquet" and recorded[0]["downloaded_at"] == data["downloaded_at"]
     assert [r["epoch"] for r in rows if "train_loss_mean" in r] == [1]
     assert re.search(rf"--train-num-samples {data['successes']}\b", res.stdout)
@@ -398,9 +435,11 @@ def test_fetch_downloads_and_records_the_commit(loopback_hub, tmp_path):
 
 
 def test_fetch_resumes_an_interrupted_transfer(loopback_hub, tmp_path):
-    """A transfer cut off mid-file resumes from the last chunk huggingface_hub wrote (an HTTP Range request)."""
+    """A transfer cut off mid-file resumes within the call (a Range request from the last chunk written); one
+    that fails keeps nothing under the final name."""
     from huggingface_hub import constants
 
+    from harness.core.errors import HarnessError
     from training.pairs.fetch import fetch
 
     chunk = constants.DOWNLOAD_CHUNK_SIZE
@@ -408,8 +447,30 @@ def test_fetch_resumes_an_interrupted_transfer(loopback_hub, tmp_path):
     loopback_hub.add_file(REACT_REPO, "imagenet_10m.parquet", blob)
     loopback_hub.fault(REACT_REPO, "imagenet_10m.parquet", "drop", n=chunk + 5000, times=1)
     assert fetch(tmp_path, REACT_REPO, "imagenet_10m.parquet").read_bytes() == blob
-    assert any(r.range == f"bytes={chunk}-" for r in loopback_hub.requests)
-    assert loopback_hub.sent(REACT_REPO, "imagenet_10m.parquet") == chunk + 5000 + len(blob) - chunk
+    assert [r.range for r in loopback_hub.gets(REACT_REPO, "imagenet_10m.parquet")] == [None, f"bytes={chunk}-"]
+    loopback_hub.add_file(REACT_REPO, "other.parquet", blob)
+    loopback_hub.fault(REACT_REPO, "other.parquet", "drop", n=5000)  # every transfer dropped, no chunk written
+    with pytest.raises(HarnessError, match="Run fetch again: it resumes"):
+        fetch(tmp_path / "o", REACT_REPO, "other.parquet")
+    assert not (tmp_path / "o" / "other.parquet").exists()
+
+
+def test_a_killed_fetch_is_resumed_by_the_next_run_from_its_part(loopback_hub, tmp_path):
+    """What a killed fetch leaves (DIR/.fetch/<file>.part, the first bytes) is resumed by the next run (another
+    process: nothing carried in memory) with an HTTP Range request from its end, never from byte 0."""
+    from training.pairs.fetch import STAGING, fetch
+
+    blob = os.urandom(300_000)
+    loopback_hub.add_file(REACT_REPO, "imagenet_10m.parquet", blob)
+    part = tmp_path / STAGING / "imagenet_10m.parquet.part"
+    part.parent.mkdir()
+    part.write_bytes(blob[:123_456])
+    assert fetch(tmp_path, REACT_REPO, "imagenet_10m.parquet").read_bytes() == blob
+    gets = loopback_hub.gets(REACT_REPO, "imagenet_10m.parquet")
+    assert [(r.range, r.sent) for r in gets] == [("bytes=123456-", len(blob) - 123_456)]
+    assert not part.exists()
+    fetch(tmp_path, REACT_REPO, "imagenet_10m.parquet")  # the whole file is there: nothing fetched again
+    assert len(loopback_hub.gets(REACT_REPO, "imagenet_10m.parquet")) == 1
 
 
 def test_fetch_offline_is_one_clear_line_and_never_hangs(loopback_hub, tmp_path, monkeypatch):
@@ -515,3 +576,264 @@ def test_fetch_of_a_gated_repo_says_to_log_in(loopback_hub, tmp_path):
     with pytest.raises(HarnessError, match="gated.*HF_TOKEN"):
         fetch(tmp_path, REACT_REPO, "imagenet_10m.parquet")
     assert not (tmp_path / "imagenet_10m.parquet").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# review fixes: the download's source identity, stopping img2dataset, shard sizing, patterns, the Makefile
+
+def _write_pairs(path: Path, urls: list[str]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"URL": urls, "TEXT": [f"caption {i}" for i in range(len(urls))]}), path)
+    return path
+
+
+def test_a_changed_parquet_with_the_same_row_count_is_refused(tmp_path):
+    """The download state records the parquet's size, mtime and sha256: another parquet of as many rows at the same
+    path (a `make customize` rerun with another --mode) is refused; a touched but equal one is not."""
+    from harness.core.errors import HarnessError
+    from training.pairs.download import open_state, restart
+    from training.pairs.img2dataset_program import DownloadFlags, Program
+    from training.pairs.layout import PairsLayout
+
+    layout = PairsLayout(tmp_path / "d")
+    layout.shards.mkdir(parents=True)
+    parquet = _write_pairs(tmp_path / "pairs.parquet", [f"http://a/{i}.jpg" for i in range(5)])
+    flags, program = DownloadFlags(processes=1, threads=1, number_sample_per_shard=2), Program(Path("/bin/true"), "x")
+    state = open_state(layout, parquet, 5, flags, program, False)
+    assert state.source_sha256 and state.source_size == parquet.stat().st_size
+    os.utime(parquet, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, same bytes
+    open_state(layout, parquet, 5, flags, program, False)
+    _write_pairs(parquet, [f"http://b/{i}.jpg" for i in range(5)])  # same rows count, other pairs
+    with pytest.raises(HarnessError, match=r"the parquet changed.*new --out, or --restart"):
+        open_state(layout, parquet, 5, flags, program, False)
+    restart(layout)
+    assert not layout.state.exists() and not layout.shards.exists()
+    layout.shards.mkdir()
+    assert open_state(layout, parquet, 5, flags, program, False).source_sha256 != state.source_sha256
+
+
+@pytest.mark.parametrize("rows,ranks,workers,expected", [
+    (100_000, 8, 4, 3125), (10**7, 8, 4, 10_000), (32, 8, 4, 1), (33, 8, 4, 1), (63, 8, 4, 1), (64, 8, 4, 2),
+    (5, 1, 0, 5), (1000, 1, 1, 1000), (999, 2, 3, 166)])
+def test_shard_size_gives_every_training_worker_a_shard(rows, ranks, workers, expected):
+    from training.pairs.sizing import samples_per_shard
+
+    n = samples_per_shard(rows, ranks, workers)
+    assert n == expected and math.ceil(rows / n) >= ranks * max(workers, 1) and n <= 10_000
+
+
+def test_a_set_too_small_for_the_training_workers_is_refused_in_one_line(tmp_path):
+    from harness.core.errors import HarnessError
+    from training.pairs.sizing import samples_per_shard
+
+    with pytest.raises(HarnessError, match=r"has 31 pairs.*8 rank\(s\) x 4 .*32 shards.*--per-class.*NGPUS") as err:
+        samples_per_shard(31, 8, 4)
+    assert "\n" not in str(err.value)
+    parquet = _write_pairs(tmp_path / "p.parquet", [f"http://a/{i}.jpg" for i in range(40)])
+    out = _pairs("shard-size", "--parquet", str(parquet), "--ranks", "2", "--workers", "4")
+    assert out.stdout.strip() == "--number-sample-per-shard 5"
+    out = _pairs("shard-size", "--parquet", str(parquet), "--ranks", "8", "--workers", "8", check=False)
+    assert out.returncode == 2 and "has 40 pairs" in out.stderr
+
+
+def test_the_availability_of_a_pattern_is_never_an_unrelated_folders(tmp_path):
+    from harness.core.pairs_availability import find_for_pattern
+
+    pairs = tmp_path / "unrelated" / "pairs"
+    (pairs / "shards").mkdir(parents=True)
+    (tmp_path / "unrelated" / "availability.json").write_text("{}")  # someone else's, one folder up
+    assert find_for_pattern(f"{pairs}/shards/{{00000..00003}}.tar") is None
+    (pairs / "availability.json").write_text("{}")
+    assert find_for_pattern(f"{pairs}/shards/{{00000..00003}}.tar") == pairs / "availability.json"
+    assert find_for_pattern(f"{pairs}/shards/x{{0,1}}.tar") == pairs / "availability.json"
+
+
+def _img2dataset_shard(folder: Path, shard: int, statuses: list[str]) -> None:
+    """A finished shard as img2dataset writes it (tar, parquet, _stats.json)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    from pairs_server import jpeg
+
+    keys = [f"{shard:05d}{i:04d}" for i in range(len(statuses))]
+    with wds.TarWriter(str(folder / f"{shard:05d}.tar")) as sink:
+        for key, status in zip(keys, statuses):
+            if status == "success":
+                sink.write({"__key__": key, "jpg": jpeg(1), "txt": "c",
+                            "json": json.dumps({"status": status}).encode()})
+    pq.write_table(pa.table({"url": [f"http://x/{k}" for k in keys], "caption": ["c"] * len(keys), "key": keys,
+                             "status": statuses, "error_message": [None if s == "success" else "HTTP Error 404: no"
+                                                                   for s in statuses]}),
+                   folder / f"{shard:05d}.parquet")
+    (folder / f"{shard:05d}_stats.json").write_text(json.dumps(
+        {"count": len(statuses), "successes": statuses.count("success"), "start_time": 1.7e9, "end_time": 1.7e9}))
+
+
+def test_stats_of_the_readme_layout_and_a_moved_pairs_folder(tmp_path):
+    """`stats DIR` counts img2dataset's own output folder (the REACT README's command: shards in DIR itself); the
+    pattern is stored relative to DIR and `show` resolves it against the DIR given, so a moved folder trains."""
+    flat = tmp_path / "readme_download"
+    flat.mkdir()
+    _img2dataset_shard(flat, 0, ["success", "failed_to_download", "success"])
+    _img2dataset_shard(flat, 1, ["success", "success"])
+    _pairs("stats", str(flat))
+    data = json.loads((flat / "availability.json").read_text())
+    assert (data["total"], data["successes"], data["shards"]) == (5, 4, 2)
+    assert _pairs("show", str(flat), "--field", "train_data_pattern").stdout.strip() == f"{flat}/{{00000..00001}}.tar"
+
+    ours = tmp_path / "ours"
+    (ours / "shards").mkdir(parents=True)
+    _img2dataset_shard(ours / "shards", 0, ["success"])
+    _pairs("stats", str(ours))
+    assert json.loads((ours / "availability.json").read_text())["train_data_pattern"] == "shards/00000.tar"
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    ours.rename(moved)
+    shown = _pairs("show", str(moved), "--field", "train_data_pattern").stdout.strip()
+    assert shown == f"{moved}/shards/00000.tar" and Path(shown).is_file()
+
+
+def _make(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE") and k not in ("TRAIN_DATA",
+                                                                                          "TRAIN_NUM_SAMPLES")}
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+@pytest.mark.slow
+def test_make_pairs_with_a_parquet_of_ones_own_does_not_fetch(tmp_path):
+    dry = _make("-n", "pairs", f"PAIRS_DIR={tmp_path / 'd'}", f"PAIRS_PARQUET={tmp_path / 'mine.parquet'}")
+    assert dry.returncode == 0 and "training.pairs fetch" not in dry.stdout
+    assert f"download --parquet {tmp_path / 'mine.parquet'}" in dry.stdout
+    assert "training.pairs fetch" in _make("-n", "pairs", f"PAIRS_DIR={tmp_path / 'd'}").stdout
+
+
+@pytest.mark.slow
+def test_make_train_takes_data_and_sample_count_from_one_place(tmp_path):
+    """With PAIRS_DIR: both from availability.json, or both given; a mix is refused in one line; given both, no
+    availability.json is needed."""
+    missing = tmp_path / "no_pairs_here"
+    mix = _make("train-gated", f"PAIRS_DIR={missing}", "TRAIN_DATA=/x/{00000..00003}.tar")
+    assert mix.returncode != 0 and "give both, or neither" in mix.stderr and "Traceback" not in mix.stderr
+    mix = _make("train-gated", f"PAIRS_DIR={missing}", "TRAIN_NUM_SAMPLES=12")
+    assert mix.returncode != 0 and "give both, or neither" in mix.stderr
+    both = _make("-n", "train-gated", f"PAIRS_DIR={missing}", "TRAIN_DATA=/x/{00000..00003}.tar",
+                 "TRAIN_NUM_SAMPLES=12")
+    assert both.returncode == 0 and "training.pairs show" not in both.stdout
+    assert "--train-data '/x/{00000..00003}.tar'" in both.stdout and "--train-num-samples 12" in both.stdout
+    neither = _make("-n", "train-gated", f"PAIRS_DIR={missing}")
+    assert f"training.pairs show {missing} &&" in neither.stdout
+
+
+@pytest.mark.slow
+def test_make_customize_cuts_the_download_into_a_shard_per_training_worker(tmp_path):
+    dry = _make("-n", "customize", "DATASET=my_card.yaml", f"INDEX={tmp_path}", f"CUSTOM_DIR={tmp_path / 'c'}")
+    assert dry.returncode == 0
+    assert (f"nps=$(.venv/bin/python -m training.pairs shard-size --parquet {tmp_path / 'c'}/pairs.parquet --ranks 8 "
+            f"--workers 4) &&") in dry.stdout
+    assert f"download --parquet {tmp_path / 'c'}/pairs.parquet --out {tmp_path / 'c'}/pairs $nps" in dry.stdout
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_sigterm_of_the_download_stops_img2dataset(server, img2dataset, tmp_path):
+    """SIGTERM to `training.pairs download` stops img2dataset and its workers before it exits (they run in a
+    process group of their own, stopped as a whole)."""
+    parquet = _write_pairs(tmp_path / "p.parquet", [server.url_for("stall", i) for i in range(400)])
+    out = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-m", "training.pairs", *_download_args(parquet, out)], cwd=REPO,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(
+                "img2dataset" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+                for p in _descendants(proc.pid) if Path(f"/proc/{p}/cmdline").exists()):
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        time.sleep(2)  # its workers started
+        seen = _descendants(proc.pid)
+        assert seen
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        deadline = time.time() + 15
+        while time.time() < deadline and any(_alive(p) for p in seen):
+            time.sleep(0.1)
+        assert [p for p in seen if _alive(p)] == []
+        assert code == 128 + signal.SIGTERM
+        assert "stopped by signal" in proc.stderr.read()
+    finally:
+        for p in seen | _descendants(proc.pid):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_an_img2dataset_left_by_a_sigkilled_download_is_stopped_by_the_next(server, img2dataset, tmp_path):
+    """SIGKILL of the wrapper alone cannot be caught: its img2dataset (own session) outlives it; the next download
+    in the folder stops that orphan group before it runs img2dataset itself."""
+    from training.pairs.download import stop_orphan
+    from training.pairs.layout import PairsLayout
+
+    parquet = _write_pairs(tmp_path / "p.parquet", [server.url_for("stall", i) for i in range(400)])
+    out = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-m", "training.pairs", *_download_args(parquet, out)], cwd=REPO,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen: set[int] = set()
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (out / ".img2dataset.pid").exists():
+            time.sleep(0.1)
+        time.sleep(2)
+        seen = _descendants(proc.pid)
+        proc.kill()
+        proc.wait()
+        time.sleep(1)
+        assert [p for p in seen if _alive(p)]  # orphaned, still running
+        stop_orphan(PairsLayout(out.resolve()))
+        assert [p for p in seen if _alive(p)] == [] and not (out / ".img2dataset.pid").exists()
+    finally:
+        for p in seen:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

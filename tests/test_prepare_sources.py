@@ -210,6 +210,7 @@ def test_rehost_fetches_only_the_asked_members_bytes(world, monkeypatch, cdn):
 
 
 def test_plan_only_says_source_files_bytes_and_fidelity_and_downloads_nothing(world, capsys):
+    world.hub.add_file(VOC, "test/7.tar", b"not one of the nshards shards")  # counted only if nshards is ignored
     rc = main(["prepare", "--data-root", str(world.root), "--datasets", "cifar-10,eurosat_clip,voc-2007-classification",
                "--plan-only", "--storage-url", CLOSED, "--source", "auto"])
     out = capsys.readouterr().out
@@ -224,6 +225,8 @@ def test_plan_only_says_source_files_bytes_and_fidelity_and_downloads_nothing(wo
     assert any(f"voc-2007-classification: clip-benchmark {VOC}@{world.hub.commit(VOC)[:8]}: 6 files, "
                f"{human_bytes(voc_bytes)} — same images in another order" in line for line in lines), out
     assert any("eurosat_clip: clip-benchmark" in line and "different split" in line for line in lines), out
+    assert any("voc-2007-classification: clip-benchmark" in line and "caveat:" in line and "difficult" in line
+               for line in lines), out
     assert any("cifar-10: elevater-rehost" in line and "same split" in line for line in lines), out
     assert any("cifar-10: elevater " in line and "does not answer" in line for line in lines), out
     assert not world.root.exists() or not any(world.root.rglob("*.tar"))
@@ -291,8 +294,57 @@ def test_non_bijective_classnames_are_refused_before_images(world):
     world.hub.add_file(CIFAR, "classnames.txt", ("\n".join(names) + "\n").encode())
     o = _one(world.prepare("cifar-10", source="clip-benchmark"), "cifar-10")
     assert o.status == "failed"
-    _one_line(o.detail, "classnames.txt")
+    _one_line(o.detail, "classnames.txt", "before any shard was downloaded")
     _nothing_final(world, CIFAR)
+    assert not [r for r in world.hub.requests if r.method == "GET" and ("/test/" in r.path)]  # no shard, no nshards
+
+
+def test_a_multilabel_mismatch_is_refused_before_any_shard(world):
+    world.hub.add_file(CIFAR, "dataset_type.txt", b"multilabel\n")
+    o = _one(world.prepare("cifar-10", source="clip-benchmark"), "cifar-10")
+    assert o.status == "failed"
+    _one_line(o.detail, "dataset_type.txt", "multilabel", "before any shard was downloaded")
+    assert not [r for r in world.hub.requests if r.method == "GET" and r.path.endswith(".tar")]
+
+
+def test_another_split_of_a_hub_source_is_refused_naming_the_flag(world):
+    from harness.core.errors import HarnessError
+
+    with pytest.raises(HarnessError) as err:
+        world.prepare("cifar-10", source="clip-benchmark", split="train")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("--split train:") and "holds only its 'test' split" in msg
+    assert world.hub.requests == []
+    # auto: the hub sources are not candidates for another split (only the toolkit's container has it)
+    o = _one(world.prepare("cifar-10", split="train"), "cifar-10")
+    assert o.status == "failed" and "container" in o.detail and not [r for r in world.hub.requests
+                                                                     if "/datasets/" in r.path]
+
+
+def test_plan_only_with_whole_zip_never_downloads(world, capsys):
+    world.hub.ranges = False
+    rc = main(["prepare", "--data-root", str(world.root), "--datasets", "dtd", "--plan-only", "--whole-zip",
+               "--storage-url", CLOSED, "--source", "elevater-rehost"])
+    out = capsys.readouterr().out
+    assert "ignores HTTP Range requests" in out, out
+    assert rc in (0, 1)
+    full = [r for r in world.hub.requests if r.method == "GET" and r.path.endswith("ELEVATER_all.zip")
+            and not (r.range or "").startswith("bytes=0-0")]
+    assert full == [] and not (world.root / REHOST).exists()
+
+
+def test_a_broken_hand_copy_names_the_folder_to_remove(world):
+    """A re-host dataset unzipped by hand but incomplete: prepare says which folder to remove (not 'rerun prepare',
+    which would find the same copy), and auto goes on to the next source."""
+    folder = world.root / REHOST / "cifar-10"
+    write_rehost(world.root / REHOST, {"cifar-10": RehostSet(get_dataset_card("cifar-10").classnames,
+                                                              _images(5, 1), [0, 1, 2, 3, 4])}, as_zip=False)
+    o = _one(world.prepare("cifar-10", source="elevater-rehost"), "cifar-10")
+    assert o.status == "failed"
+    _one_line(o.detail, f"the copy at {folder} (not downloaded by prepare) fails the check", f"Remove {folder}")
+    assert "--source elevater-rehost --datasets cifar-10" not in o.detail
+    o = _one(world.prepare("cifar-10"), "cifar-10")
+    assert o.status == "downloaded" and o.source.startswith("clip-benchmark") and f"Remove {folder}" in o.detail
 
 
 def test_gated_repo_says_accept_terms_and_set_hf_token(world, monkeypatch):
@@ -363,6 +415,56 @@ def test_a_server_without_ranges_is_said_in_one_line_and_whole_zip_is_offered(wo
     o = _one(world.prepare("dtd", source="elevater-rehost", whole_zip=True), "dtd")
     assert o.status == "downloaded", o.detail
     assert (world.root / REHOST / "ELEVATER_all.zip").read_bytes() == world.zip_path.read_bytes()
+
+
+class _SilentHub:
+    """Accepts connections and reads nothing back, never answers (a stalled mirror); counts the connections."""
+
+    def __init__(self):
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        self.conns: list = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.conns.append(conn)  # kept open, never answered
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_a_stalled_hub_fails_in_one_line_and_is_not_asked_again(world, monkeypatch):
+    import threading
+
+    silent = _SilentHub()
+    monkeypatch.setenv("HF_ENDPOINT", silent.url)
+    done: list = []
+    opts = PrepareOptions(storage_url=CLOSED, source="clip-benchmark",
+                          download=DownloadOptions(tries=1, read_timeout_s=0.5, connect_timeout_s=0.5))
+    caller = threading.Thread(target=lambda: done.append(prepare(world.root, "cifar-10,voc-2007-classification",
+                                                                 opts)), daemon=True)
+    caller.start()
+    caller.join(timeout=120)  # a guard against a hang only
+    silent.close()
+    assert not caller.is_alive(), "prepare did not return: a hub call without a timeout"
+    first, second = (_one(done[0], n) for n in ("cifar-10", "voc-2007-classification"))
+    assert first.status == second.status == "failed"
+    _one_line(first.detail, silent.url, "did not answer in time", "--timeout")
+    _one_line(second.detail, "not asked", "did not answer earlier in this run")
+    assert silent.connections == 1
 
 
 def test_no_such_source_for_a_dataset_is_skipped(world):
@@ -496,9 +598,10 @@ def test_prepare_then_eval_all_then_report_name_the_source(world, tmp_path):
     assert set(got) == set(names)
     assert got["cifar-10"]["data_source"]["kind"] == "elevater-rehost"
     assert got["cifar-10"]["data_source"]["revision"] == world.hub.commit(REHOST)
-    assert got["eurosat_clip"]["data_source"] == {"kind": "clip-benchmark", "repo": EUROSAT,
-                                                  "revision": world.hub.commit(EUROSAT), "split": "test",
-                                                  "fidelity": "different split"}
+    eurosat = dict(got["eurosat_clip"]["data_source"])
+    assert eurosat.pop("label_map")["rule"] == "by-name"
+    assert eurosat == {"kind": "clip-benchmark", "repo": EUROSAT, "revision": world.hub.commit(EUROSAT),
+                       "split": "test", "fidelity": "different split", "revision_verified": True}
     assert got["eurosat_clip"]["n_images"] == 9
     assert main(["report", "--results", str(results), "--out", str(tmp_path / "rep"), "--name", "r"]) == 0
     md = (tmp_path / "rep" / "r" / "README.md").read_text()

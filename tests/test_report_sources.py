@@ -64,9 +64,58 @@ def test_data_sources_table_names_kind_repo_revision_and_fidelity():
     t = data_sources_table(df, dataset_columns())
     rows = {r[1]: r for r in t.rows}
     assert rows["cifar-10"][2:] == ["elevater-rehost", "OFA-Sys/chinese-clip-eval@cdcdcdcd", "test", "same split",
-                                    "2"]
+                                    "—", "2"]
     assert rows["eurosat"][5] == f"different split {OTHER_SPLIT_MARK}"
-    assert rows["kitti"][2:6] == ["elevater", "the toolkit's container layout", "—", "same split"]
+    assert rows["kitti"][2:7] == ["elevater", "the toolkit's container layout", "—", "same split", "—"]
+
+
+def test_hand_downloads_and_caveats_are_shown():
+    voc = {"kind": "clip-benchmark", "repo": "clip-benchmark/wds_voc2007_multilabel", "revision": None,
+           "split": "test", "fidelity": "same images in another order"}
+    t = data_sources_table(_frame([("m", "voc-2007-classification", 50.0, voc)]), dataset_columns())
+    cells = dict(zip(t.header, t.rows[0]))
+    assert cells["repo@revision"] == "clip-benchmark/wds_voc2007_multilabel (hand download, revision unknown)"
+    assert "difficult" in cells["caveat"] and "caveat" in t.note
+
+
+def _family_cards():
+    from harness.report.collect import model_cards
+
+    cards = model_cards([])
+    base = next(c for c in cards.values() if c.method == "baseline" and any(
+        o.base_model == c.name and o.method != "baseline" for o in cards.values()))
+    tuned = next(o for o in cards.values() if o.base_model == base.name and o.method != "baseline")
+    return cards, base, tuned
+
+
+def test_every_section_with_per_dataset_scores_marks_or_drops_other_splits():
+    """Per method (scores and gains), measured vs published (Δ vs paper), the gain plots and the scatter: a score
+    read from a different split is marked with the footnote, or left out of a plot."""
+    from harness.report.plots import gain_plots, published_scatter
+    from harness.report.tables import measured_vs_published_table, per_method_tables
+
+    cards, base, tuned = _family_cards()
+    pub = next(iter(tuned.published), None) or next(iter(base.published))
+    with_pub = tuned if pub in tuned.published else base
+    rows = [(base.name, "eurosat_clip", 50.0, EUROSAT), (tuned.name, "eurosat_clip", 60.0, EUROSAT),
+            (base.name, "cifar-10", 40.0, CIFAR), (tuned.name, "cifar-10", 45.0, CIFAR),
+            (with_pub.name, pub, 70.0, EUROSAT)]
+    df = _frame(rows)
+    (table,) = [t for t in per_method_tables(df, dataset_columns(), cards, "elevater") if base.name in t.title]
+    tuned_row = dict(zip(table.header, next(r for r in table.rows if r[1] == tuned.name)))
+    base_row = dict(zip(table.header, table.rows[0]))
+    assert tuned_row["eurosat"] == f"60.00 (+10.00) {OTHER_SPLIT_MARK}" and tuned_row["cifar-10"] == "45.00 (+5.00)"
+    assert base_row["eurosat"] == f"50.00 {OTHER_SPLIT_MARK}" and base_row["cifar-10"] == "40.00"
+    assert "different split" in table.note and "wds_vtab-eurosat@abababab" in table.note
+    mvp = measured_vs_published_table(df, cards, "elevater")
+    (row,) = [r for r in mvp.rows if r[0] == with_pub.name and r[1] == pub]
+    assert row[4].endswith(OTHER_SPLIT_MARK) and row[5].endswith(OTHER_SPLIT_MARK) and "different split" in mvp.note
+    assert published_scatter(df, cards, "elevater") == {}  # its only point is from a different split
+    same = _frame([(with_pub.name, pub, 70.0, CIFAR)])
+    assert "measured_vs_published.png" in published_scatter(same, cards, "elevater")
+    plots = gain_plots(df, cards, dataset_columns(), "elevater")
+    only_cifar = gain_plots(df[df.dataset != "eurosat_clip"], cards, dataset_columns(), "elevater")
+    assert plots and plots == only_cifar  # the eurosat bar is not drawn
 
 
 @pytest.fixture

@@ -349,3 +349,78 @@ def test_the_report_refuses_a_file_that_is_not_query_statistics(tmp_path):
     bad.write_text(json.dumps({"successes": 3}))
     with pytest.raises(HarnessError, match=r"--retrieved .*pairs\.json: expected the JSON .*found \['successes'\]"):
         read_query_stats(bad)
+
+
+def test_a_foreign_folder_takes_its_parts_in_file_name_order(tmp_path):
+    """clip-retrieval / autofaiss order unpadded parts by file name: metadata_10 comes before metadata_2."""
+    from retrieval.faiss_index import _read_metadata
+
+    (tmp_path / "metadata").mkdir()
+    for i in range(12):
+        pd.DataFrame({"url": [f"http://x/{i}.jpg"], "caption": [f"c{i}"]}).to_parquet(
+            tmp_path / "metadata" / f"metadata_{i}.parquet")
+    names = sorted(f"metadata_{i}.parquet" for i in range(12))
+    assert names[:4] == ["metadata_0.parquet", "metadata_1.parquet", "metadata_10.parquet", "metadata_11.parquet"]
+    expected = [f"http://x/{n.split('_')[1].split('.')[0]}.jpg" for n in names]
+    assert _read_metadata(tmp_path, None)["url"].tolist() == expected
+
+
+def test_null_urls_are_missing_and_fall_back_to_the_key(tmp_path):
+    from retrieval.faiss_index import _read_metadata
+    from retrieval.query import image_identities
+
+    (tmp_path / "metadata").mkdir()
+    pd.DataFrame({"url": ["http://a", None, np.nan, ""], "caption": ["a", None, "c", "d"],
+                  "key": ["k0", "k1", "k2", "k3"]}).to_parquet(tmp_path / "metadata" / "metadata_0.parquet")
+    meta = _read_metadata(tmp_path, None)
+    assert meta["url"].tolist() == ["http://a", "", "", ""]
+    assert meta["caption"].tolist() == ["a", "", "c", "d"]
+    assert image_identities(meta["url"].tolist(), meta["key"].tolist()) == ["http://a", "key:k1", "key:k2", "key:k3"]
+    assert image_identities(["u", float("nan"), None], [0, 1, 2]) == ["u", "key:1", "key:2"]
+
+
+@pytest.mark.parametrize("key", ["Flat", "IVF16,PQ8x8"])
+def test_index_built_shard_by_shard_from_fp16_parts_equals_one_build_of_the_whole(tmp_path, key):
+    import faiss
+
+    from retrieval.faiss_index import IndexChoice, build_faiss
+
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(1100, 32)).astype(np.float32)
+    rows = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float16)
+    parts = []
+    for i, (a, b) in enumerate([(0, 300), (300, 301), (301, 1100)]):
+        np.save(tmp_path / f"p{i}.npy", rows[a:b])
+        parts.append(np.load(tmp_path / f"p{i}.npy", mmap_mode="r"))
+    choice = IndexChoice(key, 4 if key.startswith("IVF") else 0, 0)
+    chunked = build_faiss(parts, choice, chunk=97)
+    whole = build_faiss([rows.astype(np.float32)], choice, chunk=10**6)
+    assert chunked.ntotal == whole.ntotal == 1100
+    assert bytes(faiss.serialize_index(chunked)) == bytes(faiss.serialize_index(whole))
+    q = rows[:20].astype(np.float32)
+    np.testing.assert_array_equal(chunked.search(q, 5)[1], whole.search(q, 5)[1])
+
+
+def test_a_changed_source_shard_is_embedded_again_and_the_old_index_refused(index_dir, corpus, tmp_path):
+    from retrieval.embed import EmbedOptions, run_embed
+    from retrieval.faiss_index import build_indices
+    from retrieval.layout import IndexDir
+
+    shards = tmp_path / "corpus"
+    shutil.copytree(corpus["root"] / "shards", shards)
+    out = tmp_path / "idx"
+    pattern = str(shards / f"{{00000..{SHARDS - 1:05d}}}.tar")
+    run_embed(pattern, out, "tiny_demo_clip", EmbedOptions(workers=0, progress=False))
+    build_indices(out, 2**30)
+    _query(out, corpus, tmp_path / "p.parquet", mode="text-to-text")
+    markers = {p: p.stat().st_mtime_ns for p in (out / "shards").glob("*.json")}
+    shutil.copyfile(shards / "00000.tar", shards / "00001.tar")  # another corpus under the same shard name
+    run_embed(pattern, out, "tiny_demo_clip", EmbedOptions(workers=0, progress=False))
+    redone = [p.name for p, t in markers.items() if p.stat().st_mtime_ns != t]
+    assert redone == ["00001.json"]
+    np.testing.assert_array_equal(np.load(IndexDir(out).embeddings("text", "00001")),
+                                  np.load(IndexDir(out).embeddings("text", "00000")))
+    with pytest.raises(HarnessError, match="index/corpus mismatch.*other embeddings"):
+        _query(out, corpus, tmp_path / "p.parquet", mode="text-to-text")
+    build_indices(out, 2**30)
+    _query(out, corpus, tmp_path / "p.parquet", mode="text-to-text")

@@ -4,6 +4,7 @@ order, and a deliberately wrong mapping of each is refused."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -67,9 +68,15 @@ def test_every_card_has_its_sources_in_order_of_fidelity():
 def test_provenance_and_local_dir(tmp_path):
     src = _cb("cifar-100")
     assert src.local_dir(tmp_path) == tmp_path / "clip-benchmark" / "wds_vtab-cifar100"
+    # a copy of unknown commit (a hand download) is not credited with the pinned one
     assert src.provenance() == {"kind": "clip-benchmark", "repo": "clip-benchmark/wds_vtab-cifar100",
-                                "revision": "c181ce0341d21e40ebe4f35a8fc56dd547e20418", "split": "test",
-                                "fidelity": "same images in another order"}
+                                "revision": None, "split": "test", "fidelity": "same images in another order",
+                                "revision_verified": False, "note": "hand download, revision unknown"}
+    verified = dataclasses.replace(src, revision_verified=True)
+    assert verified.provenance() == {"kind": "clip-benchmark", "repo": "clip-benchmark/wds_vtab-cifar100",
+                                     "revision": "c181ce0341d21e40ebe4f35a8fc56dd547e20418", "split": "test",
+                                     "fidelity": "same images in another order", "revision_verified": True}
+    assert "revision_verified" not in sources.sources_for("cifar-100")[0].provenance()  # the toolkit's: as before
     assert "--source clip-benchmark --datasets cifar-100" in src.remedy()
 
 
@@ -208,3 +215,54 @@ def test_mapping_errors_name_the_file_and_remedy():
     msg = str(err.value)
     assert msg.startswith("wds/clip-benchmark/wds_vtab-cifar10/classnames.txt:")
     assert "python -m harness prepare --source clip-benchmark --datasets cifar-10" in msg
+
+
+def test_imagenet_maps_by_index_because_names_repeat():
+    """ELEVATER's ImageNet names (= CLIP_benchmark's imagenet1k classnames.txt, OpenAI CLIP's list) repeat 'missile'
+    (657, 744) and 'sunglasses' (836, 837): by name they cannot be a bijection, by index they are the identity."""
+    card = get_dataset_card("imagenet-1k").classnames
+    names = list(card)
+    assert names[657] == names[744] == "missile" and names[836] == names[837] == "sunglasses"
+    assert list(_mapping("imagenet-1k", names)) == list(range(1000))
+    with pytest.raises(HarnessError, match="not a one-to-one mapping"):
+        LabelRule("by-name", "name").mapping(names, card, "classnames.txt", "")
+    moved = names[1:] + names[:1]
+    with pytest.raises(HarnessError, match="line 1 is"):
+        _mapping("imagenet-1k", moved)
+
+
+def _rehost_mapping(dataset: str, names: list[str]) -> np.ndarray:
+    src = next(s for s in sources.sources_for(dataset) if s.kind == "elevater-rehost")
+    return sources.label_rule(src.label_rule).mapping(names, get_dataset_card(dataset).classnames, "label.txt", "")
+
+
+def test_rehost_is_the_identity_never_by_name():
+    """The re-host's class ids are ELEVATER's: label.txt must be the card's names at every index. caltech-101's
+    face classes 37/38 swapped in label.txt would be mapped 'correctly' by name and swap the labels silently."""
+    names = list(get_dataset_card("caltech-101").classnames)
+    assert list(_rehost_mapping("caltech-101", [n.upper() for n in names])) == list(range(102))  # normalised
+    swapped = list(names)
+    swapped[37], swapped[38] = swapped[38], swapped[37]
+    assert list(LabelRule("by-name", "name").mapping(swapped, names, "label.txt", ""))[37:39] == [38, 37]
+    with pytest.raises(HarnessError, match="line 38 is 'off-center face' but the card's class 37 is 'centered face'"):
+        _rehost_mapping("caltech-101", swapped)
+    raw = copy.deepcopy(_raw())  # a known spelling difference is data: differs, per dataset
+    raw["datasets"]["caltech-101"]["elevater-rehost"]["differs"] = {37: "faces"}
+    data = sources.parse_sources(raw, "sources.yaml", _cards())
+    rule = data.rules[data.sources["caltech-101"][0].label_rule]
+    named = list(names)
+    named[37] = "faces"  # the re-host's spelling at 37
+    assert list(rule.mapping(named, names, "label.txt", "")) == list(range(102))
+    raw["datasets"]["caltech-101"]["elevater-rehost"]["differs"] = {500: "x"}
+    with pytest.raises(HarnessError, match="elevater-rehost.differs names a position beyond"):
+        sources.parse_sources(raw, "sources.yaml", _cards())
+
+
+def test_voc_caveat_is_data():
+    src = _cb("voc-2007-classification")
+    assert "difficult" in src.caveat and src.fidelity == "same images in another order"
+    assert _cb("cifar-10").caveat == ""
+    raw = copy.deepcopy(_raw())
+    raw["datasets"]["cifar-10"]["clip-benchmark"]["caveat"] = 3
+    with pytest.raises(HarnessError, match="caveat must be text"):
+        sources.parse_sources(raw, "sources.yaml", _cards())

@@ -46,11 +46,12 @@ def _source(name: str, kind: str, n: int) -> sources.DataSource:
 
 
 def _wds(root: Path, name: str, *, permute: bool = True, ext: str = "jpg", shards: int = 3, images=None):
-    """The card's demo images as a clip-benchmark repo whose label order is the card's reversed."""
+    """The card's demo images as a clip-benchmark repo whose label order is the card's rotated by one (source label
+    k = card class k + 1): not its own inverse, so a remap applied the wrong way round gives other labels."""
     card = get_dataset_card(name)
     labels = _labels(card)
     src = _source(name, "clip-benchmark", len(labels))
-    order = list(range(card.num_classes))[::-1] if permute else list(range(card.num_classes))
+    order = [(k + 1) % card.num_classes if permute else k for k in range(card.num_classes)]
     names = [card.classnames[j] for j in order]
     where = {j: k for k, j in enumerate(order)}
     if card.multilabel:
@@ -94,7 +95,7 @@ def test_same_pixels_same_probabilities(tiny_loaded, cache, iris_root, tmp_path,
     src = _wds(tmp_path / "wds", name, ext=ext)
     data = sources.open_source(card, src, tmp_path / "wds")
     assert data.layout == "clip-benchmark-wds" and len(data) == len(reference)
-    assert np.array_equal(data.labels, reference.labels)  # remapped from the reversed order
+    assert np.array_equal(data.labels, reference.labels)  # remapped from the rotated order
     for i in (0, len(data) - 1):
         assert np.array_equal(np.asarray(data.load_image(i)), np.asarray(reference.load_image(i)))
     probs, values = _probs(tiny_loaded, data)
@@ -103,7 +104,7 @@ def test_same_pixels_same_probabilities(tiny_loaded, cache, iris_root, tmp_path,
 
 
 def test_unmapped_labels_would_differ(iris_root, tmp_path):
-    """The remap is what makes them equal: the reversed repo's raw labels are other classes."""
+    """The remap is what makes them equal: the rotated repo's raw labels are other classes."""
     card = get_dataset_card(CIFAR)
     reference = open_eval_data(card, iris_root)
     src = _wds(tmp_path / "wds", CIFAR)
@@ -157,13 +158,36 @@ def test_fingerprint_has_source_and_file_hashes(tmp_path):
     card = get_dataset_card(CIFAR)
     src = _wds(tmp_path, CIFAR)
     fp = sources.open_source(card, src, tmp_path).fingerprint()
+    label_map = fp["source"].pop("label_map")
     assert fp["source"] == src.provenance() and set(fp["files"]) == {"classnames.txt", "nshards.txt", "0.tar",
                                                                      "1.tar", "2.tar"}
+    assert label_map["rule"] == "by-name" and set(label_map) == {"rule", "rule_hash", "mapping_hash"}
     shard = src.local_dir(tmp_path) / "test" / "1.tar"
     blob = bytearray(shard.read_bytes())
     blob[2000] ^= 0xFF
     shard.write_bytes(bytes(blob))
     assert sources.open_source(card, src, tmp_path).fingerprint(fresh=True)["files"]["1.tar"] != fp["files"]["1.tar"]
+
+
+def test_a_corrected_label_rule_changes_the_fingerprint(tmp_path, iris_root):
+    """Same files, another rule (a corrected one in the sources data): another data fingerprint, so the run key
+    changes and the dataset is evaluated again. The toolkit layout's fingerprint carries no label map (its run keys
+    stay as they were)."""
+    from harness.data.label_rules import LabelRule
+    from harness.data.wds_split import open_wds_split
+
+    card = get_dataset_card(CIFAR)
+    src = _wds(tmp_path, CIFAR)
+    repo = src.local_dir(tmp_path)
+    rule = sources.label_rule(src.label_rule)
+    first = open_wds_split(card, src, repo, rule).fingerprint()
+    a, b = card.classnames[0], card.classnames[1]
+    corrected = LabelRule(rule.name, "name", rename={a: b, b: a})  # same name, other content, other mapping
+    second = open_wds_split(card, src, repo, corrected).fingerprint()
+    assert second["files"] == first["files"] and second["source"]["label_map"] != first["source"]["label_map"]
+    assert second != first
+    toolkit = open_eval_data(card, iris_root).fingerprint()
+    assert set(toolkit) == {"layout", "n_images", "files"}
 
 
 def test_pixel_and_feature_caches_and_bad_images(tiny_loaded, cache, tmp_path):
@@ -219,7 +243,7 @@ def test_wds_errors_name_file_and_remedy(tmp_path):
     names = (repo / "classnames.txt").read_text()
     (repo / "classnames.txt").write_text(names.replace("truck", "lorry"))
     msg = _error(card, src, tmp_path)
-    assert f"{repo / 'classnames.txt'}: line 1 'lorry' is none of the card's class names" in msg and REMEDY in msg
+    assert f"{repo / 'classnames.txt'}: line 9 'lorry' is none of the card's class names" in msg and REMEDY in msg
     (repo / "classnames.txt").write_text(names)
     assert len(sources.open_source(card, src, tmp_path)) == 20
 
@@ -263,6 +287,9 @@ def test_rehost_refuses_what_does_not_match(tmp_path):
     (folder / "test" / "0").rename(folder / "test" / "12")
     assert "class folder test/12 is outside the 10 classes of label.txt" in _error(card, src, tmp_path)
     (folder / "test" / "12").rename(folder / "test" / "0")
+    rotated = list(card.classnames[1:]) + [card.classnames[0]]  # a consistent relabelling: names + folders
+    (folder / "label.txt").write_text("\n".join(rotated) + "\n")
+    assert "line 1 is 'automobile' but the card's class 0 is 'airplane'" in _error(card, src, tmp_path)
     (folder / "label.txt").write_text("\n".join(card.classnames[:9]) + "\n")
     assert f"{folder / 'label.txt'}: 9 class names, the card has 10" in _error(card, src, tmp_path)
 
@@ -338,8 +365,9 @@ def test_result_json_records_the_source(tiny_loaded, cache, tmp_path, small_coun
              EvalOptions(results_root=str(results), progress=False, workers=0, pixel_cache=False,
                          feature_cache=False), loaded=tiny_loaded)
     record = json.loads(next(results.rglob(f"{CIFAR}.json")).read_text())
+    assert record["data_source"] == record["run_key"]["parts"]["data"]["source"]
+    assert record["data_source"].pop("label_map")["rule"] == src.label_rule
     assert record["data_source"] == src.provenance()
-    assert record["run_key"]["parts"]["data"]["source"] == src.provenance()
 
 
 def test_recorded_revision_is_the_one_reported(tmp_path):
@@ -351,9 +379,14 @@ def test_recorded_revision_is_the_one_reported(tmp_path):
     record.write_text(json.dumps({"revision": "b" * 40}))
     data = sources.open_source(card, src, tmp_path)
     assert data.source["revision"] == "b" * 40 and data.fingerprint()["source"]["revision"] == "b" * 40
+    assert data.source["revision_verified"] is True and "note" not in data.source
     pinned = dataclasses.replace(src, revision="a" * 40)
     msg = _error(card, pinned, tmp_path)
     assert f"{record}: this copy of clip-benchmark/wds_vtab-cifar10 was downloaded at commit {'b' * 40}" in msg
+    record.unlink()  # a hand download: no record, so not credited with the commit the sources data pins
+    hand = sources.open_source(card, dataclasses.replace(src, revision="a" * 40), tmp_path)
+    assert hand.source["revision"] is None and hand.source["revision_verified"] is False
+    assert hand.source["note"] == "hand download, revision unknown"
 
 
 def test_worker_processes_read_the_same(tiny_loaded, cache, tmp_path):
@@ -377,10 +410,11 @@ def test_torchrun_ranks_read_a_webdataset_as_one_process(tmp_path):
     card = get_dataset_card("kitti-distance")
     src = next(s for s in sources.sources_for(card.name) if s.kind == "clip-benchmark")
     labels = [i % card.num_classes for i in range(src.expected_count)]
-    write_clip_benchmark_split(src.local_dir(tmp_path / "data"), classnames=list(card.classnames)[::-1],
-                               images=[class_image(lab, i, card.num_classes, size=(24, 20))
-                                       for i, lab in enumerate(labels)],
-                               labels=[card.num_classes - 1 - lab for lab in labels], ext="jpg", shards=2)
+    n = card.num_classes  # rotated by one: source label k = card class k + 1
+    write_clip_benchmark_split(src.local_dir(tmp_path / "data"),
+                               classnames=[card.classnames[(k + 1) % n] for k in range(n)],
+                               images=[class_image(lab, i, n, size=(24, 20)) for i, lab in enumerate(labels)],
+                               labels=[(lab - 1) % n for lab in labels], ext="jpg", shards=2)
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     env.update(PYTHONPATH=str(REPO), HARNESS_CACHE=str(tmp_path / "cache"))
     common = ["-m", "harness", "eval-all", "--model", "tiny_demo_clip", "--datasets", card.name, "--data-root",
@@ -399,7 +433,8 @@ def test_torchrun_ranks_read_a_webdataset_as_one_process(tmp_path):
     (one, p1), (two, p2) = out["one"], out["two"]
     np.testing.assert_array_equal(p1, p2)
     assert one["run_key"]["hash"] == two["run_key"]["hash"] and two["provenance"]["world_size"] == 2
-    assert one["data_source"] == two["data_source"] == src.provenance() and one["n_images"] == 711
+    assert one["data_source"] == two["data_source"] and one["n_images"] == 711
+    assert one["data_source"].pop("label_map")["rule"] == src.label_rule and one["data_source"] == src.provenance()
 
 
 def test_incomplete_toolkit_copy_gives_way(iris_root, small_counts, caplog):
@@ -414,3 +449,25 @@ def test_incomplete_toolkit_copy_gives_way(iris_root, small_counts, caplog):
     with caplog.at_level(logging.WARNING, logger="harness.data.sources"):
         assert open_eval_data(card, iris_root).layout == "clip-benchmark-wds"
     assert "toolkit layout" in caplog.text and "incomplete" in caplog.text
+
+
+def test_a_broken_more_faithful_copy_does_not_block(iris_root, small_counts, caplog):
+    """A damaged re-host zip (more faithful) beside a good webdataset: a warning naming the zip and why, then the
+    webdataset is read."""
+    import logging
+    import shutil
+
+    card = get_dataset_card(CIFAR)
+    small_counts(len(_labels(card)))
+    shutil.rmtree(iris_root / card.root_folder)
+    rehost = _source(CIFAR, "elevater-rehost", len(_labels(card)))
+    broken = rehost.local_dir(iris_root) / f"{CIFAR}.zip"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"PK\x03\x04 cut off")
+    with pytest.raises(HarnessError, match="is not a readable zip file"):
+        open_eval_data(card, iris_root)  # nothing else present: its own error
+    _wds(iris_root, CIFAR)
+    with caplog.at_level(logging.WARNING, logger="harness.data.sources"):
+        assert open_eval_data(card, iris_root).layout == "clip-benchmark-wds"
+    assert f"the elevater-rehost copy at {broken} cannot be read" in caplog.text
+    assert "is not a readable zip file" in caplog.text and "trying clip-benchmark" in caplog.text

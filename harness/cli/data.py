@@ -30,10 +30,11 @@ class Prepare(Verb):
                                  "slower fails like a timeout and is retried, resuming (default 1024; 0: no limit)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
         parser.add_argument("--source", default=None,
-                            choices=("auto", "elevater", "elevater-rehost", "clip-benchmark"),
+                            choices=("auto", "elevater", "elevater-rehost", "clip-benchmark", "hf-jsonl"),
                             help="where from: auto (default) = per dataset the most faithful source that answers "
                                  "(the toolkit's container, then the ELEVATER re-host OFA-Sys/chinese-clip-eval, then "
-                                 "CLIP_benchmark's webdatasets on the Hugging Face hub); with --storage-url the "
+                                 "CLIP_benchmark's webdatasets on the Hugging Face hub, then a jsonl + images repo "
+                                 "such as neuralcatcher/hateful_memes); with --storage-url the "
                                  "default is elevater. Hub downloads honour HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE "
                                  "(docs/data.md)")
         parser.add_argument("--plan-only", action="store_true",

@@ -9,7 +9,8 @@ Fields of availability.json (counts are rows of the source parquet, i.e. URLs):
 - ``total``: URLs tried (rows of every finished shard; a URL retried by ``--retry-failed`` counts once);
 - ``successes``: samples in the finished shards (= ``--train-num-samples`` for ``train_data_pattern``);
 - ``success_rate``: successes / total; ``failures``: still-failed URLs by cause class (:data:`CAUSES`);
-- ``shards``, ``bytes``: finished shards and their tar bytes; ``train_data_pattern``: brace pattern of them;
+- ``shards``, ``bytes``: finished shards and their tar bytes; ``train_data_pattern``: brace pattern of them,
+  relative to the pairs folder (``shards/{00000..00007}.tar``; :func:`resolve_pattern` makes it a path);
 - ``partial_shards``: shards written without img2dataset's ``_stats.json`` (a download interrupted there): what
   their tar holds, counted apart, never in the totals above;
 - ``source_parquet`` (name, path, rows, and hub repo/revision when fetched), ``downloaded_at`` (end of the last
@@ -66,13 +67,23 @@ def read(path: str | Path) -> dict:
     return data
 
 
+def resolve_pattern(pattern: str, folder: str | Path) -> str:
+    """``train_data_pattern`` (stored relative to the pairs folder, e.g. ``shards/{00000..00007}.tar``) as a path
+    under ``folder``; an absolute pattern or a URL is returned as it is."""
+    if not pattern or "://" in pattern or pattern.startswith("pipe:") or Path(pattern).is_absolute():
+        return pattern
+    return str(Path(folder).resolve() / pattern)
+
+
 def summary(data: dict, path: str | Path | None = None) -> dict:
-    """What a training run records about the set it trained on (and the report shows)."""
+    """What a training run records about the set it trained on (and the report shows); ``path``: the
+    availability.json read, against whose folder the shard pattern is resolved."""
     src = data.get("source_parquet") or {}
     out = {"source_parquet": src.get("name") if isinstance(src, dict) else str(src),
            "downloaded_at": data.get("downloaded_at"), "successes": data.get("successes"),
            "total": data.get("total"), "success_rate": data.get("success_rate"),
-           "train_data_pattern": data.get("train_data_pattern"),
+           "train_data_pattern": resolve_pattern(data.get("train_data_pattern") or "", Path(path).parent)
+           if path is not None else data.get("train_data_pattern"),
            "availability_file": str(path) if path is not None else None}
     return {k: out[k] for k in SUMMARY_KEYS}
 
@@ -83,7 +94,8 @@ def find_for_pattern(pattern: str) -> Path | None:
     first = pattern.split("::")[0]
     if "://" in first or first.startswith("pipe:"):
         return None
-    folder = Path(first.split("{")[0]).parent if "{" in first else Path(first).parent
+    # the folder part: up to the last '/' before the first brace (``/p/shards/{0..7}.tar`` -> ``/p/shards``)
+    folder = Path(first[:first.index("{")].rpartition("/")[0] or ".") if "{" in first else Path(first).parent
     for candidate in (folder / FILE, folder.parent / FILE):
         if candidate.is_file():
             return candidate

@@ -69,6 +69,17 @@ class LabelRule:
         return out
 
 
+def label_map_identity(rule: LabelRule, mapping: np.ndarray) -> dict:
+    """What a result's ``data_source`` (hence the data fingerprint and the run key) records of a remap: the rule's
+    name, a hash of its content and a hash of the mapping itself, so a corrected rule re-runs the dataset."""
+    from harness.cards import content_hash
+
+    content = {"match": rule.match, "rename": dict(rule.rename), "multilabel": rule.multilabel,
+               "differs": {str(i): name for i, name in rule.differs.items()}}
+    return {"rule": rule.name, "rule_hash": content_hash(content),
+            "mapping_hash": content_hash([int(x) for x in mapping])}
+
+
 def parse_label_rule(name: str, raw: Any, where: str) -> LabelRule:
     """A rule from the sources data; errors name ``where`` (file and key)."""
     _check_keys(raw, {"match", "rename", "differs", "multilabel", "about"}, {"match"}, f"{where}: label_rules.{name}")
@@ -110,3 +121,13 @@ def read_class_names(path, what: str) -> list[str]:
     if not lines:
         raise HarnessError(f"{path}: the {what} is empty.")
     return lines
+
+
+def parse_label_names(raw: Any, rule: LabelRule, where: str) -> tuple[str, ...]:
+    """A source's own meaning of its labels (``label_names``: label i = entry i, as its README states) for sources
+    whose files carry bare integers and no class-name file (hf-jsonl); mapped by ``rule`` like a class-name file."""
+    if not isinstance(raw, list) or len(raw) < 2 or not all(isinstance(x, str) and x.strip() for x in raw):
+        raise HarnessError(f"{where}.label_names must list what each label means (label i = entry i), found {raw!r}.")
+    if rule.multilabel:
+        raise HarnessError(f"{where}: label rule '{rule.name}' is multi-label; a jsonl label is one integer.")
+    return tuple(x.strip() for x in raw)

@@ -86,9 +86,11 @@ def open_rehost(card, source, location: Path, *, strict: bool = True) -> EvalDat
             raise HarnessError(f"{test_dir} is missing. {fix}")
         rels = sorted(str(p.relative_to(location)) for p in test_dir.rglob("*") if p.is_file())
         names_where = str(label_path)
+    from harness.data.label_rules import label_map_identity
     from harness.data.sources import label_rule
 
-    mapping = label_rule(source.label_rule).mapping(label_names, card.classnames, names_where, fix)
+    rule = label_rule(source.label_rule)
+    mapping = rule.mapping(label_names, card.classnames, names_where, fix)
     rels = [r for r in rels if Path(r).suffix.lower() in _IMAGE_EXT]
     if not rels:
         raise HarnessError(f"{location}: no images under test/<class id>/. {fix}")
@@ -118,7 +120,8 @@ def open_rehost(card, source, location: Path, *, strict: bool = True) -> EvalDat
             raise HarnessError(f"{msg} Not ELEVATER's test split, or an incomplete download. {fix}")
         logger.warning("%s Read anyway (not strict).", msg)
     labels = mapping[class_ids]
-    provenance = {**source.provenance(), "fidelity": fidelity, "member": source.member}
+    provenance = {**source.provenance(), "fidelity": fidelity, "member": source.member,
+                  "label_map": label_map_identity(rule, mapping)}  # in the fingerprint: a corrected rule re-runs
     if as_zip:
         paths = [f"{location}@{prefix}{r}" for r in rels]
         return EvalData(card=card, layout="elevater-rehost-zip", location=str(location), labels=labels,

@@ -2,9 +2,9 @@
 
 The sources are data (harness/data/sources.yaml, package data, validated by ``python -m harness validate``): per
 dataset card, most faithful first, ``elevater`` (the toolkit's container and layout; implied for every card),
-``elevater-rehost`` (OFA-Sys/chinese-clip-eval's ImageFolder + index.json) and ``clip-benchmark``
-(clip-benchmark/wds_<name> webdatasets), each with its fidelity to ELEVATER's own split and, for the hub sources, the
-repo, revision, split, expected image count and label rule.
+``elevater-rehost`` (OFA-Sys/chinese-clip-eval's ImageFolder + index.json), ``clip-benchmark`` (wds_<name>
+webdatasets) and ``hf-jsonl`` (a jsonl of {img, label} + its images, harness.data.hf_jsonl), each with its fidelity
+to ELEVATER's own split and, for hub sources, the repo, revision, split, image count and label rule.
 
 Local layout contract: a hub repo downloaded with
 ``hf download <org>/<repo> --repo-type dataset --local-dir DATA_ROOT/<org>/<repo>`` is found under
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.cards.schema import _check_keys, _choice
 from harness.core.errors import HarnessError
-from harness.data.label_rules import LabelRule, parse_label_rule
+from harness.data.label_rules import LabelRule, parse_label_names, parse_label_rule
 
 if TYPE_CHECKING:
     from harness.cards import DatasetCard
@@ -32,9 +32,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FIDELITY = ("same split", "same images in another order", "different split")
-SOURCE_KINDS = ("elevater", "elevater-rehost", "clip-benchmark")  # order of fidelity
+SOURCE_KINDS = ("elevater", "elevater-rehost", "clip-benchmark", "hf-jsonl")  # order of fidelity
 SOURCES_FILE = Path(__file__).with_name("sources.yaml")
-REHOST_ALL_ZIP = "ELEVATER_all.zip"
+REHOST_RULE_PREFIX = "elevater-rehost:"  # the re-host's per-dataset identity rule (match: index)
+HAND_DOWNLOAD_NOTE = "hand download, revision unknown"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class DataSource:
     member: str | None = None  # re-host: the dataset's folder (and zip) name inside ELEVATER_all.zip
     only_when_named: bool = False  # fetched only when the dataset is named explicitly (licence)
     about: str = ""
+    caveat: str = ""  # a known label difference that does not change the fidelity (shown by --plan-only, reports)
+    label_names: tuple[str, ...] = ()  # hf-jsonl: what label i means, from the source's own README (data)
+    revision_verified: bool = False  # the local copy's commit is known (prepare's record); a hand download's is not
 
     def local_dir(self, data_root: str | Path) -> Path:
         """Where the source's files live under the data root: ``DATA_ROOT/<org>/<repo>`` for hub sources (the
@@ -58,13 +62,17 @@ class DataSource:
         return root / self.repo if self.repo else root
 
     def provenance(self) -> dict:
-        """What results record as ``data_source``."""
-        return {"kind": self.kind, "repo": self.repo, "revision": self.revision, "split": self.split,
-                "fidelity": self.fidelity}
+        """What results record as ``data_source``. A hub copy whose commit is not known (a hand download, no record
+        of prepare's beside it) is not credited with the pinned commit: revision null, ``revision_verified`` false."""
+        out = {"kind": self.kind, "repo": self.repo, "revision": self.revision, "split": self.split,
+               "fidelity": self.fidelity}
+        if self.kind != "elevater":
+            out["revision_verified"] = self.revision_verified
+            if not self.revision_verified:
+                out.update(revision=None, note=HAND_DOWNLOAD_NOTE)
+        return out
 
     def remedy(self) -> str:
-        if self.kind == "elevater":
-            return f"Re-download it: python -m harness prepare --source elevater --datasets {self.dataset}."
         return f"Re-download it: python -m harness prepare --source {self.kind} --datasets {self.dataset}."
 
 
@@ -77,11 +85,11 @@ class SourcesData:
     rehost_file: str
 
 
-_SOURCE_KEYS = {"elevater-rehost": {"member"},
-                "clip-benchmark": {"repo", "revision", "split", "count", "fidelity", "label_rule", "only_when_named",
-                                   "about"}}
-_REQUIRED = {"elevater-rehost": {"member"},
-             "clip-benchmark": {"repo", "revision", "split", "count", "fidelity", "label_rule"}}
+_HUB_KEYS = {"repo", "revision", "split", "count", "fidelity", "label_rule", "only_when_named", "about", "caveat"}
+_SOURCE_KEYS = {"elevater-rehost": {"member", "differs"}, "clip-benchmark": _HUB_KEYS,
+                "hf-jsonl": _HUB_KEYS | {"label_names"}}
+_HUB_REQ = {"repo", "revision", "split", "count", "fidelity", "label_rule"}
+_REQUIRED = {"elevater-rehost": {"member"}, "clip-benchmark": _HUB_REQ, "hf-jsonl": _HUB_REQ | {"label_names"}}
 
 
 def _check_revision(value: Any, where: str) -> str | None:
@@ -125,11 +133,20 @@ def parse_sources(raw: Any, where: str, dataset_cards: dict[str, "DatasetCard"] 
             if kind == "elevater-rehost":
                 if not isinstance(spec["member"], str) or not spec["member"] or "/" in spec["member"]:
                     raise HarnessError(f"{at_kind}.member must be a folder name, found {spec['member']!r}.")
+                # test/<class id>/ holds ELEVATER's own class ids: label.txt must be the card's names at every index
+                # (never matched by name: caltech-101's two face classes would swap silently)
+                rule = parse_label_rule(f"{REHOST_RULE_PREFIX}{dataset}", {
+                    "match": "index", "differs": spec.get("differs") or {},
+                    "about": "the re-host's class ids are ELEVATER's own: label.txt in the card's order"}, where)
+                if card is not None and any(i >= card.num_classes for i in rule.differs):
+                    raise HarnessError(f"{at_kind}.differs names a position beyond the card's {card.num_classes} "
+                                       f"classes.")
+                rules[rule.name] = rule
                 found.append(DataSource(
                     dataset=dataset, kind=kind, fidelity="same split", split="test",
                     expected_count=card.eval_spec.num_images if card else 0, repo=rehost["repo"],
                     revision=_check_revision(rehost["revision"], f"{where}: rehost.revision"),
-                    label_rule="by-name", member=spec["member"]))
+                    label_rule=rule.name, member=spec["member"]))
                 continue
             repo = spec["repo"]
             if not isinstance(repo, str) or repo.count("/") != 1 or not all(repo.split("/")):
@@ -143,10 +160,12 @@ def parse_sources(raw: Any, where: str, dataset_cards: dict[str, "DatasetCard"] 
                 raise HarnessError(f"{at_kind}.count must be a whole number of images, found {count!r}.")
             if not isinstance(spec["split"], str) or not spec["split"] or "/" in spec["split"]:
                 raise HarnessError(f"{at_kind}.split must be a split folder name, found {spec['split']!r}.")
-            when_named = spec.get("only_when_named", False)
-            if not isinstance(when_named, bool):
+            if not isinstance(caveat := spec.get("caveat", ""), str):
+                raise HarnessError(f"{at_kind}.caveat must be text, found {caveat!r}.")
+            if not isinstance(when_named := spec.get("only_when_named", False), bool):
                 raise HarnessError(f"{at_kind}.only_when_named must be true or false.")
             rule = rules[spec["label_rule"]]
+            names = parse_label_names(spec.get("label_names"), rule, at_kind) if kind == "hf-jsonl" else ()
             if card is not None:
                 if rule.multilabel != card.multilabel:
                     raise HarnessError(f"{at_kind}: label rule '{rule.name}' is "
@@ -162,7 +181,8 @@ def parse_sources(raw: Any, where: str, dataset_cards: dict[str, "DatasetCard"] 
             found.append(DataSource(
                 dataset=dataset, kind=kind, fidelity=spec["fidelity"], split=spec["split"], expected_count=count,
                 repo=repo, revision=_check_revision(spec["revision"], f"{at_kind}.revision"),
-                label_rule=rule.name, only_when_named=when_named, about=str(spec.get("about", ""))))
+                label_rule=rule.name, only_when_named=when_named, about=str(spec.get("about", "")),
+                caveat=" ".join(caveat.split()), label_names=names))
         out[dataset] = found
     return SourcesData(rules=rules, sources=out, rehost_repo=rehost["repo"],
                        rehost_revision=rehost["revision"], rehost_file=rehost["file"])
@@ -201,7 +221,8 @@ def validate_sources() -> tuple[list[str], list[str]]:
     ok = []
     for dataset, found in data.sources.items():
         ok.append(f"sources {dataset}: elevater, " + ", ".join(
-            f"{s.kind} ({s.fidelity}{', ' + s.repo if s.kind == 'clip-benchmark' else ''})" for s in found))
+            f"{s.kind} ({s.fidelity}{', ' + s.repo if s.kind not in ('elevater', 'elevater-rehost') else ''})"
+            for s in found))
     return ok, []
 
 
@@ -220,7 +241,6 @@ def elevater_source(card: "DatasetCard") -> DataSource:
 def sources_for(dataset_name: str) -> list[DataSource]:
     """Every source of the dataset card, most faithful first (``elevater`` always first)."""
     from harness.cards import get_dataset_card
-
     return card_sources(get_dataset_card(dataset_name))
 
 
@@ -256,10 +276,11 @@ def _present(card: "DatasetCard", source: DataSource, data_root: Path) -> tuple[
         return (folder if complete else None), looked
     if source.kind == "elevater-rehost":
         places = rehost_places(source, data_root)
-        for p in places:
-            if p.is_dir() or p.is_file():
-                return p, [str(p) for p in places]
-        return None, [f"{places[0]}/ (extracted) or {places[1]}"]
+        found = next((p for p in places if p.is_dir() or p.is_file()), None)
+        return found, ([str(p) for p in places] if found else [f"{places[0]}/ (extracted) or {places[1]}"])
+    if source.kind == "hf-jsonl":  # the jsonl marks the copy; the reader checks the images it names
+        jsonl = source.local_dir(data_root) / f"{source.split}.jsonl"
+        return (jsonl.parent if jsonl.is_file() else None), [f"{jsonl} (+ the images it names)"]
     split_dir = source.local_dir(data_root) / source.split
     return (source.local_dir(data_root) if split_dir.is_dir() else None), [f"{split_dir}/ (nshards.txt, 0.tar, ...)"]
 
@@ -288,6 +309,10 @@ def open_source(card: "DatasetCard", source: DataSource, data_root: str | Path, 
         from harness.data.rehost import open_rehost
 
         return open_rehost(card, source, location, strict=strict)
+    if source.kind == "hf-jsonl":
+        from harness.data.hf_jsonl import open_hf_jsonl
+
+        return open_hf_jsonl(card, source, location, label_rule(source.label_rule), strict=strict)
     from harness.data.wds_split import open_wds_split
 
     return open_wds_split(card, source, location, label_rule(source.label_rule), strict=strict)
@@ -299,10 +324,10 @@ RECORD_FILE = ".harness_source.json"  # written by prepare next to a hub downloa
 def with_recorded_revision(source: DataSource, data_root: str | Path) -> DataSource:
     """``source`` with the commit its local copy was downloaded at (``prepare``'s record in the repo folder), so
     results name the revision actually read even where the sources data has none; a copy of another commit than the
-    one pinned is refused. A hand download without the record keeps the pinned revision (or none)."""
+    one pinned is refused. A hand download without the record is not credited with the pinned commit: its
+    provenance says revision null, ``revision_verified`` false (:data:`HAND_DOWNLOAD_NOTE`)."""
     import dataclasses
     import json
-
     record = source.local_dir(data_root) / RECORD_FILE
     try:
         recorded = json.loads(record.read_text(encoding="utf-8")).get("revision")
@@ -313,7 +338,7 @@ def with_recorded_revision(source: DataSource, data_root: str | Path) -> DataSou
     if source.revision and recorded != source.revision:
         raise HarnessError(f"{record}: this copy of {source.repo} was downloaded at commit {recorded}, the sources "
                            f"data pins {source.revision}. {source.remedy()}")
-    return dataclasses.replace(source, revision=recorded)
+    return dataclasses.replace(source, revision=recorded, revision_verified=True)
 
 
 def present_sources(card: "DatasetCard", data_root: str | Path) -> tuple[list[tuple[DataSource, Path]], list[str]]:
@@ -350,10 +375,26 @@ def open_most_faithful(card: "DatasetCard", data_root: str | Path) -> "EvalData"
             f"Dataset '{card.name}' not found under {data_root}; looked for: " + "; ".join(looked)
             + f". Get it with: python -m harness prepare --datasets {card.name} (or download a source by hand, "
               f"see docs/data.md).")
-    source, location = found[0]
-    if len(found) > 1:
-        logger.info("%s: reading %s (%s) at %s; also present, less faithful: %s", card.name, source.kind,
-                    source.fidelity, location, ", ".join(f"{s.kind} at {p}" for s, p in found[1:]))
-    elif source.kind != "elevater":
-        logger.info("%s: reading %s (%s) at %s", card.name, source.kind, source.fidelity, location)
-    return open_source(card, source, data_root, location=location)
+    first_error: HarnessError | None = None
+    for k, (source, location) in enumerate(found):
+        rest = found[k + 1:]
+        try:
+            data = open_source(card, source, data_root, location=location)
+        except HarnessError as exc:  # a broken or partial copy of a more faithful source does not block the others
+            if not rest:
+                if first_error is not None:  # every copy failed: the most faithful one's error (all are logged)
+                    logger.warning("%s: the %s copy at %s cannot be read either (%s)", card.name, source.kind,
+                                   location, " ".join(str(exc).split()))
+                raise first_error or exc
+            first_error = first_error or exc
+            logger.warning("%s: the %s copy at %s cannot be read (%s); trying %s at %s instead (remove or repair "
+                           "%s to read it again)", card.name, source.kind, location, " ".join(str(exc).split()),
+                           rest[0][0].kind, rest[0][1], location)
+            continue
+        if rest:
+            logger.info("%s: reading %s (%s) at %s; also present, less faithful: %s", card.name, source.kind,
+                        source.fidelity, location, ", ".join(f"{s.kind} at {p}" for s, p in rest))
+        elif source.kind != "elevater" or k:
+            logger.info("%s: reading %s (%s) at %s", card.name, source.kind, source.fidelity, location)
+        return data
+    raise AssertionError("unreachable")

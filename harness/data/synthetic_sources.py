@@ -10,6 +10,9 @@ and the offline demo of ``prepare --source`` (see harness.data.sources).
   ``<member>/test/<class id>/<file>`` (ids ``0``-``9`` up to 10 classes, else zero-padded to 3 digits), ``label.txt``
   (English names, line i = id i) and ``index.json`` (the permutation that restores ELEVATER's test order from the
   ImageFolder order), either as folders or as ``ELEVATER_all.zip`` holding one ``<member>.zip`` per dataset.
+* :func:`write_hf_jsonl` — a split as Facebook's Hateful Memes release holds it (``neuralcatcher/hateful_memes``):
+  ``<split>.jsonl``, one JSON object a line ``{"id": 1235, "img": "img/01235.png", "label": 0, "text": ...}``, and the
+  PNG images under ``img/``.
 
 Images are given as PIL images (encoded here: webp lossless, png, or jpg) or as already encoded bytes (written as
 they are, so the same bytes can be put in the ELEVATER layout too).
@@ -165,3 +168,26 @@ def write_rehost(target: str | Path, datasets: dict[str, RehostSet], *, as_zip: 
         for name, blob in inner.items():
             zf.writestr(name, blob)
     return target
+
+
+def write_hf_jsonl(repo_dir: str | Path, *, images: Sequence[Any], labels: Sequence[int], split: str = "dev_seen",
+                   ids: Sequence[int] | None = None, texts: Sequence[str] | None = None) -> Path:
+    """Write ``<split>.jsonl`` and ``img/<id>.png`` under ``repo_dir`` (ids five digits, zero-padded, as in the
+    release; bytes images are written as they are); returns the jsonl's path. Lines are written as the release writes
+    them (compact separators, ``/`` escaped as ``\\/``) so readers are exercised on the real text."""
+    if len(images) != len(labels):
+        raise HarnessError(f"{len(images)} images but {len(labels)} labels.")
+    ids = list(ids) if ids is not None else [(i * 7919 + 1235) % 100000 for i in range(len(images))]
+    if len(set(ids)) != len(ids) or len(ids) != len(images):
+        raise HarnessError("ids must be one distinct id per image.")
+    repo = Path(repo_dir)
+    (repo / "img").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, (image, label, meme) in enumerate(zip(images, labels, ids)):
+        rel = f"img/{meme:05d}.png"
+        (repo / rel).write_bytes(encode_image(image, "png"))
+        row = {"id": meme, "img": rel, "label": int(label), "text": texts[i] if texts else f"meme {i}"}
+        lines.append(json.dumps(row, separators=(",", ":")).replace("/", "\\/"))
+    path = repo / f"{split}.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

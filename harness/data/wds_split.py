@@ -7,7 +7,8 @@
 
 The shards' members are indexed once (their data offsets in the tar files), so images are read by index with one
 seek each, in any order and from any process; labels are remapped to the card's ELEVATER class order by the
-source's label rule, checked against the repo's own classnames.txt before any image is read.
+source's label rule, checked against the repo's own classnames.txt before any image is read; the rule and the
+mapping are recorded in the provenance (``label_map``), hence in the data fingerprint and the run key.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.core.errors import HarnessError
-from harness.data.label_rules import LabelRule, read_class_names
+from harness.data.label_rules import LabelRule, label_map_identity, read_class_names
 from harness.data.testsets import EvalData, ImageReadError, SKIP_HINT, decode_image
 
 logger = logging.getLogger(__name__)
@@ -132,15 +133,15 @@ def _parse_label(blob: bytes, ext: str, n_source: int, where: str, fix: str):
     return row
 
 
-def open_wds_split(card, source, repo_dir: Path, rule: LabelRule, *, strict: bool = True) -> EvalData:
-    """Open ``source``'s split of ``card`` from the repo folder ``repo_dir`` (see the module doc)."""
+def check_label_files(card, repo_dir: Path, rule: LabelRule, fix: str) -> tuple[list[str], np.ndarray, bool]:
+    """(the repo's class names, the rule's mapping onto the card's classes, multilabel) from ``classnames.txt`` and
+    ``dataset_type.txt`` alone — checked before any shard is read (or, in prepare, downloaded)."""
     repo_dir = Path(repo_dir)
-    fix = source.remedy()
     names = repo_dir / "classnames.txt"
     if not names.is_file():
         raise HarnessError(f"{names} is missing: the class names give the source's label order. {fix}")
     source_names = read_class_names(names, "class names (classnames.txt)")
-    mapping = rule.mapping(source_names, card.classnames, str(names), fix)  # before any image is read
+    mapping = rule.mapping(source_names, card.classnames, str(names), fix)
     type_file = repo_dir / "dataset_type.txt"
     dataset_type = type_file.read_text(encoding="utf-8").strip().lower() if type_file.is_file() else "classification"
     multilabel = dataset_type == "multilabel"
@@ -148,6 +149,15 @@ def open_wds_split(card, source, repo_dir: Path, rule: LabelRule, *, strict: boo
         raise HarnessError(f"{type_file if type_file.is_file() else repo_dir}: the repo is "
                            f"{'multilabel' if multilabel else 'single-label (no dataset_type.txt)'} but the card "
                            f"'{card.name}' is {card.type}: wrong repo for this dataset? {fix}")
+    return source_names, mapping, multilabel
+
+
+def open_wds_split(card, source, repo_dir: Path, rule: LabelRule, *, strict: bool = True) -> EvalData:
+    """Open ``source``'s split of ``card`` from the repo folder ``repo_dir`` (see the module doc)."""
+    repo_dir = Path(repo_dir)
+    fix = source.remedy()
+    names, type_file = repo_dir / "classnames.txt", repo_dir / "dataset_type.txt"
+    source_names, mapping, multilabel = check_label_files(card, repo_dir, rule, fix)  # before any image is read
     label_ext = "npy" if multilabel else "cls"
     split_dir = repo_dir / source.split
     n_shards = _read_shard_count(split_dir / "nshards.txt", fix)
@@ -198,4 +208,4 @@ def open_wds_split(card, source, repo_dir: Path, rule: LabelRule, *, strict: boo
     return EvalData(card=card, layout="clip-benchmark-wds", location=str(repo_dir), labels=out,
                     image_ids=image_ids,
                     _loader=_TarMemberLoader(card.name, [str(p) for p in shard_paths], members),
-                    files=files, source=source.provenance())
+                    files=files, source={**source.provenance(), "label_map": label_map_identity(rule, mapping)})

@@ -17,7 +17,7 @@ from harness.core import training_log
 from harness.cards import DatasetCard, ModelCard
 from harness.core.paths import slug
 from harness.report.collect import TrainingRun, with_published
-from harness.report.tables import family_grids
+from harness.report.tables import family_grids, same_split_only
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,8 +43,10 @@ def _png(fig) -> bytes:
 
 def gain_plots(df: "pd.DataFrame", cards: dict[str, ModelCard], datasets: list[DatasetCard],
                protocol: str) -> dict[str, bytes]:
-    """``gain_<run set>_<tuned card>.png``: the tuned card's score minus its baseline's, per dataset."""
+    """``gain_<run set>_<tuned card>.png``: the tuned card's score minus its baseline's, per dataset (scores read
+    from a different split are left out: a plot has no footnote)."""
     plt = _pyplot()
+    df = same_split_only(df)
     short = {d.name: d.display_name for d in datasets}
     out = {}
     for run_set, fam, grid in family_grids(df, cards, datasets, protocol):
@@ -66,8 +68,9 @@ def gain_plots(df: "pd.DataFrame", cards: dict[str, ModelCard], datasets: list[D
 
 
 def published_scatter(df: "pd.DataFrame", cards: dict[str, ModelCard], protocol: str) -> dict[str, bytes]:
-    """``measured_vs_published.png``: one point per result whose card has a published number for its dataset."""
-    both = with_published(df[df.protocol == protocol], cards)
+    """``measured_vs_published.png``: one point per result whose card has a published number for its dataset
+    (results read from a different split are left out: not comparable to a published number)."""
+    both = with_published(same_split_only(df[df.protocol == protocol]), cards)
     if both.empty:
         return {}
     plt = _pyplot()

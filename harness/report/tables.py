@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 from harness.core import training_log
+from harness.core.errors import HarnessError
+from harness.data.sources import HAND_DOWNLOAD_NOTE
 from harness.cards import IMAGENET, DatasetCard, ModelCard, Suite
 from harness.engine.metrics import METRIC_LABELS
 from harness.report.collect import DIFFERENT_SPLIT, PAPER_LABEL, Family, TrainingRun, families, published_frame, \
@@ -67,6 +69,28 @@ def _different_split(value: object) -> bool:
     return value == DIFFERENT_SPLIT
 
 
+def other_split_rows(df: "pd.DataFrame") -> "pd.Series":
+    """Which rows were read from a ``different split`` source (a boolean mask; False where no source is recorded)."""
+    import pandas as pd
+
+    if "source_fidelity" not in df:
+        return pd.Series(False, index=df.index)
+    return df.source_fidelity.map(_different_split).astype(bool)
+
+
+def same_split_only(df: "pd.DataFrame") -> "pd.DataFrame":
+    """``df`` without the rows read from a different split (plots compare with ELEVATER/published numbers)."""
+    return df[~other_split_rows(df)]
+
+
+def other_split_note(other: "pd.DataFrame", display: dict[str, str], order: list[str]) -> str:
+    """The footnote of :data:`OTHER_SPLIT_MARK` naming each marked dataset's source (``other``: its rows)."""
+    which = sorted(set(other.dataset), key=lambda d: order.index(d) if d in order else len(order))
+    srcs = [f"{display.get(d, d)}: {source_label(other[other.dataset == d].iloc[-1])}" for d in which]
+    return (f"{OTHER_SPLIT_MARK} = different split: read from a source whose test split is not ELEVATER's "
+            f"({'; '.join(srcs)}), so the number is not comparable to published ELEVATER numbers")
+
+
 def per_model_tables(df: "pd.DataFrame", datasets: list[DatasetCard], suite: Suite, protocol: str,
                      allow_other_splits: bool = False) -> list[Table]:
     """One table per run set: a row per model, a column per dataset card (in the given order) and the suite's
@@ -87,7 +111,7 @@ def per_model_tables(df: "pd.DataFrame", datasets: list[DatasetCard], suite: Sui
     tables = []
     for run_set, part in _run_sets(df, protocol):
         grid = score_grid(part, "model", "dataset")
-        other = part[part.source_fidelity.map(_different_split)] if "source_fidelity" in part else part.iloc[:0]
+        other = part[other_split_rows(part)]
         marked = set(zip(other.model, other.dataset))
         rows = []
         included_other = False
@@ -111,16 +135,9 @@ def per_model_tables(df: "pd.DataFrame", datasets: list[DatasetCard], suite: Sui
         header = ["model"] + [d.display_name for d in datasets] + [f"{title} (n/{n_members})"]
         table_note = note
         if marked:
-            which = sorted({d for _, d in marked}, key=lambda d: names.index(d) if d in names else len(names))
-            srcs = []
-            for d in which:
-                row = other[other.dataset == d].iloc[-1]
-                srcs.append(f"{display.get(d, d)}: {source_label(row)}")
-            table_note += (f" {OTHER_SPLIT_MARK} = different split: read from a source whose test split is not "
-                           f"ELEVATER's ({'; '.join(srcs)}), so the number is not comparable to published ELEVATER "
-                           f"numbers; " + ("included in the average as asked (--allow-other-splits)."
-                                           if allow_other_splits else
-                                           f"left out of {suite.title} (--allow-other-splits includes it)."))
+            table_note += (f" {other_split_note(other, display, names)}; "
+                           + ("included in the average as asked (--allow-other-splits)." if allow_other_splits else
+                              f"left out of {suite.title} (--allow-other-splits includes it)."))
         tables.append(Table(f"Results per model — {run_set}, {protocol} protocol", header, rows, note=table_note))
     return tables
 
@@ -153,14 +170,29 @@ def data_sources_table(df: "pd.DataFrame", datasets: list[DatasetCard]) -> Table
         for (run_set, dataset, kind, repo, rev, split, fidelity), count in sorted(
                 groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), str(kv[0][2:]))):
             fid = fidelity or "same split"
-            rows.append([run_set, display.get(dataset, dataset), kind or "elevater",
-                         f"{repo}@{rev[:8]}" if repo and rev else (repo or "the toolkit's container layout"),
+            where = (f"{repo}@{rev[:8]}" if repo and rev else
+                     f"{repo} ({HAND_DOWNLOAD_NOTE})" if repo else "the toolkit's container layout")
+            rows.append([run_set, display.get(dataset, dataset), kind or "elevater", where,
                          split or MISSING, fid + (f" {OTHER_SPLIT_MARK}" if _different_split(fid) else ""),
-                         str(count)])
-    return Table("Data sources", ["run set", "dataset", "source", "repo@revision", "split", "fidelity", "results"],
+                         _caveat(dataset, kind, repo) or MISSING, str(count)])
+    return Table("Data sources", ["run set", "dataset", "source", "repo@revision", "split", "fidelity", "caveat",
+                                  "results"],
                  rows, note=f"Where each dataset's test images were read from (results without a recorded source "
                             f"read the toolkit's own layout). {OTHER_SPLIT_MARK} = not ELEVATER's test split; "
-                            f"'same images in another order' = ELEVATER's test images, read in another order.")
+                            f"'same images in another order' = ELEVATER's test images, read in another order; "
+                            f"'{HAND_DOWNLOAD_NOTE}' = a copy not downloaded by prepare, its commit not known; caveat "
+                            f"= a known label difference of the source (harness/data/sources.yaml).")
+
+
+def _caveat(dataset: str, kind: str | None, repo: str | None) -> str:
+    """The sources data's caveat for (dataset, source kind, repo), '' when none (or the dataset is unknown)."""
+    from harness.data.sources import load_sources
+
+    try:
+        found = load_sources().sources.get(dataset, [])
+    except HarnessError:
+        return ""
+    return next((s.caveat for s in found if s.kind == kind and s.repo == repo), "")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -185,20 +217,31 @@ def family_grids(df: "pd.DataFrame", cards: dict[str, ModelCard], datasets: list
 def per_method_tables(df: "pd.DataFrame", datasets: list[DatasetCard], cards: dict[str, ModelCard],
                       protocol: str) -> list[Table]:
     tables = []
+    short = {d.name: d.display_name for d in datasets}
+    order = [d.name for d in datasets]
     for run_set, fam, grid in family_grids(df, cards, datasets, protocol):
-        short = {d.name: d.display_name for d in datasets}
+        part = df[(df.protocol == protocol) & (df.run_set == run_set) & df.model.isin(fam.members)]
+        other = part[other_split_rows(part)]
+        marked = set(zip(other.model, other.dataset))
+
+        def mark(m: str, d: str) -> str:
+            return f" {OTHER_SPLIT_MARK}" if (m, d) in marked else ""
+
         gains = grid.sub(grid.loc[fam.base], axis=1)
         base = grid.loc[fam.base]
-        rows = [["Baseline", fam.base] + [fmt(v) for v in base]]
+        rows = [["Baseline", fam.base] + [fmt(v) + mark(fam.base, d) for d, v in base.items()]]
         for m in grid.index[1:]:
             cells = []
             for d in grid.columns:
                 v, b = grid.at[m, d], base[d]
-                cells.append(fmt(v) if v != v or b != b else f"{v:.2f} ({gains.at[m, d]:+.2f})")
+                cells.append((fmt(v) if v != v or b != b else f"{v:.2f} ({gains.at[m, d]:+.2f})")
+                             + (mark(m, d) or mark(fam.base, d)))
             rows.append([cards[m].method.capitalize(), m] + cells)
+        note = "Gains over the baseline in parentheses (points)."
+        if marked:
+            note += f" {other_split_note(other, short, order)}; a gain involving one is marked too."
         tables.append(Table(f"Per method — base {fam.base}, {run_set}, {protocol} protocol",
-                            ["method", "model"] + [short[d] for d in grid.columns], rows,
-                            note="Gains over the baseline in parentheses (points)."))
+                            ["method", "model"] + [short[d] for d in grid.columns], rows, note=note))
     return tables
 
 
@@ -236,12 +279,17 @@ def react_comparison_tables(df: "pd.DataFrame", cards: dict[str, ModelCard], run
 def measured_vs_published_table(df: "pd.DataFrame", cards: dict[str, ModelCard], protocol: str) -> Table:
     both = with_published(df[df.protocol == protocol], cards).sort_values(["model", "dataset", "run_set"],
                                                                           kind="stable")
-    rows = [[r.model, r.dataset, r.run_set, f"{r.published:.2f}", f"{r.score:.2f}", f"{r.score - r.published:+.2f}"]
-            for r in both.itertuples()]
+    other = other_split_rows(both)
+    rows = [[r.model, r.dataset, r.run_set, f"{r.published:.2f}"]
+            + ([f"{r.score:.2f} {OTHER_SPLIT_MARK}", f"{r.score - r.published:+.2f} {OTHER_SPLIT_MARK}"] if o else
+               [f"{r.score:.2f}", f"{r.score - r.published:+.2f}"])
+            for r, o in zip(both.itertuples(), other)]
+    note = ("Every card with a published number and a finished result." if rows else
+            "No finished result for a card that carries a published number.")
+    if other.any():
+        note += f" {other_split_note(both[other], {}, [])}: its Δ says nothing about the reproduction."
     return Table(f"Measured vs published ({protocol} protocol)",
-                 ["model", "dataset", "run set", "published", "measured", "Δ"], rows,
-                 note="Every card with a published number and a finished result." if rows else
-                 "No finished result for a card that carries a published number.")
+                 ["model", "dataset", "run set", "published", "measured", "Δ"], rows, note=note)
 
 
 def crosscheck_table(label: str, cc: dict) -> Table:

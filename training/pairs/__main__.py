@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--retry-failed", action="store_true",
                    help="download the rows whose last try failed again, into new shards")
     d.add_argument("--enable-wandb", action="store_true", help="img2dataset --enable_wandb (offline when unreachable)")
+    d.add_argument("--restart", action="store_true",
+                   help="delete OUT's shards, retry parquets and download state first, and download afresh (a "
+                        "changed --parquet is refused without it)")
 
     s = sub.add_parser("stats", help="DIR/availability.json and a table: URLs tried, successes, failures by cause")
     s.add_argument("dir", type=Path, help="pairs folder (the --out of download)")
@@ -50,7 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
                                     "train_data_pattern and successes with it)")
     w.add_argument("dir", type=Path, help="pairs folder")
     w.add_argument("--field", default=None, help="print only this field (default: the summary)")
+    z = sub.add_parser("shard-size", help="print the --number-sample-per-shard that gives at least RANKS x WORKERS "
+                                          "shards for PARQUET (make customize uses it)")
+    z.add_argument("--parquet", type=Path, required=True, help="pairs parquet (columns URL, TEXT)")
+    z.add_argument("--ranks", type=int, required=True, help="training processes (NGPUS)")
+    z.add_argument("--workers", type=int, required=True, help="data-loading workers per process (--workers)")
+    z.add_argument("--most", type=int, default=10000, help="largest shard size (default: img2dataset's 10000)")
     return parser
+
+
+def run_shard_size(args) -> int:
+    from training.pairs.download import parquet_rows
+    from training.pairs.sizing import samples_per_shard
+
+    rows = parquet_rows(args.parquet, ("URL", "TEXT"))
+    size = samples_per_shard(rows, args.ranks, args.workers, args.most, str(args.parquet))
+    print(f"--number-sample-per-shard {size}")
+    return 0
 
 
 def run_show(args) -> int:
@@ -65,6 +84,8 @@ def run_show(args) -> int:
     if args.field not in data:
         raise HarnessError(f"--field {args.field}: {args.dir} has no such field (it has {', '.join(data)}).")
     value = data[args.field]
+    if args.field == "train_data_pattern":  # stored relative to the pairs folder: a moved folder still trains
+        value = pairs_availability.resolve_pattern(value, args.dir)
     print(value if isinstance(value, (str, int, float)) else json.dumps(value))
     return 0
 
@@ -106,7 +127,8 @@ def run_download(args) -> int:
 
     try:
         outcome = download(args.parquet, args.out, flags, program, retry_failed=args.retry_failed,
-                           nps_given=args.number_sample_per_shard is not None, progress=progress)
+                           nps_given=args.number_sample_per_shard is not None, progress=progress,
+                           fresh=args.restart)
     finally:
         bar.close()
     print(outcome.message)
@@ -115,6 +137,7 @@ def run_download(args) -> int:
 
 
 def print_table(data: dict, path: Path) -> None:
+    from harness.core.pairs_availability import resolve_pattern
     from harness.core.units import human_bytes
     from training.pairs.causes import cause_group
 
@@ -146,16 +169,16 @@ def print_table(data: dict, path: Path) -> None:
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         print(f"{k:<{width}}  {v}")
-    print(f"--train-data '{data['train_data_pattern']}' --train-num-samples {succ}")
+    print(f"--train-data '{resolve_pattern(data['train_data_pattern'], path.parent)}' --train-num-samples {succ}")
     print(f"written: {path}")
 
 
 def run_stats(args) -> int:
     from training.pairs.availability import write
-    from training.pairs.layout import PairsLayout
+    from training.pairs.layout import open_layout
 
     data = write(args.dir)
-    print_table(data, PairsLayout(args.dir).availability)
+    print_table(data, open_layout(args.dir).availability)
     return 0
 
 
@@ -163,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return {"fetch": run_fetch, "download": run_download, "stats": run_stats, "show": run_show}[args.verb](args)
+        return {"fetch": run_fetch, "download": run_download, "stats": run_stats, "show": run_show,
+                "shard-size": run_shard_size}[args.verb](args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

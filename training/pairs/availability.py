@@ -21,7 +21,7 @@ from harness.core.atomic import write_json
 from harness.core.errors import HarnessError
 from training.pairs import facts
 from training.pairs.causes import cause_class
-from training.pairs.layout import PairsLayout, brace_pattern
+from training.pairs.layout import PairsLayout, brace_pattern, open_layout
 from training.pairs.state import DownloadState, read_state, read_fetched
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _iso(ts: float | None) -> str | None:
 
 def compute(root: Path) -> dict:
     """The availability of the download in ``root`` (see :mod:`harness.core.pairs_availability`)."""
-    layout = PairsLayout(Path(root))
+    layout = open_layout(root)
     if not layout.shards.is_dir():
         raise HarnessError(f"{layout.shards} does not exist: no download in {layout.root}. Run `python -m "
                            f"training.pairs download --parquet F --out {layout.root}` first.")
@@ -151,7 +151,7 @@ def compute(root: Path) -> dict:
         "complete": state.initial_complete(finished) if state else None,
         "shards": len(finished),
         "bytes": size,
-        "train_data_pattern": brace_pattern(layout.shards.resolve(), finished),
+        "train_data_pattern": brace_pattern(layout.shards.relative_to(layout.root), finished),
         "partial_shards": partial,
         "partial_samples": sum(p["tar_samples"] for p in partial),
         "published": facts.published_sets(),
@@ -173,5 +173,5 @@ def source_record(layout: PairsLayout, state: DownloadState | None) -> dict:
 def write(root: Path) -> dict:
     """Compute and write ``root/availability.json`` atomically; returns its content."""
     data = compute(root)
-    write_json(PairsLayout(Path(root)).availability, data)
+    write_json(open_layout(root).availability, data)
     return data

@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -76,27 +78,112 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class _Signalled(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signal(signum: int, frame) -> None:
+    raise _Signalled(signum)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM img2dataset's process group (it and its workers) and wait for it; after 10 s, or once it is gone,
+    SIGKILL whatever of the group is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _pid_file(layout: PairsLayout) -> Path:
+    return layout.root / ".img2dataset.pid"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_orphan(layout: PairsLayout) -> None:
+    """Stop an img2dataset left running in this folder by a download that was killed itself (SIGKILL cannot be
+    caught: its img2dataset, in a session of its own, outlives it). Called with the folder's lock held, so no live
+    download owns it. The recorded process is checked to be img2dataset writing to this folder before it is
+    signalled (a pid may have been reused)."""
+    path = _pid_file(layout)
+    try:
+        pgid = int(path.read_text().split()[0])
+        cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError, IndexError):
+        path.unlink(missing_ok=True)
+        return
+    if "img2dataset" in cmdline and str(layout.shards) in cmdline and _group_alive(pgid):
+        logger.warning("stopping img2dataset (process group %d) left running by a killed download in %s", pgid,
+                       layout.root)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + 10
+            while _group_alive(pgid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+    path.unlink(missing_ok=True)
+
+
 def run_img2dataset(cmd: list[str], layout: PairsLayout, rnd: Round, progress: Progress | None) -> None:
-    """Run one round of img2dataset, its output appended to DIR/img2dataset.log; report finished shards."""
+    """Run one round of img2dataset, its output appended to DIR/img2dataset.log; report finished shards.
+
+    img2dataset runs in a session (process group) of its own; SIGTERM or SIGINT of this process stops that whole
+    group and waits for it before the folder's lock is released (the caller holds it), then exits 128 + signal.
+    Its pid is kept in ``DIR/.img2dataset.pid`` while it runs, so that the next download stops one left running by
+    a download killed with SIGKILL (:func:`stop_orphan`)."""
+    stop_orphan(layout)
     shutil.rmtree(layout.shards / "_tmp", ignore_errors=True)  # a killed run's leftovers (only we write here)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     logger.info("running %s", " ".join(cmd))
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
     with open(layout.log, "a", encoding="utf-8") as log:
         log.write(f"\n# {_now()} {' '.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=layout.root)
+        for sig in previous:
+            signal.signal(sig, _raise_signal)
+        proc = None
         try:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=layout.root,
+                                    start_new_session=True)
+            _pid_file(layout).write_text(f"{proc.pid}\n")
             while proc.poll() is None:
                 if progress is not None:
                     progress(_finished_in(layout, rnd), rnd.shards)
                 time.sleep(0.5)
-        except BaseException:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        except BaseException as exc:
+            if proc is not None:
+                _stop_group(proc)
+            if isinstance(exc, _Signalled):
+                logger.error("stopped by signal %d: img2dataset stopped; run download again to resume", exc.signum)
+                raise SystemExit(128 + exc.signum) from None
             raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    _pid_file(layout).unlink(missing_ok=True)
     if progress is not None:
         progress(_finished_in(layout, rnd), rnd.shards)
     if proc.returncode != 0:
@@ -123,32 +210,64 @@ def _check_round_finished(layout: PairsLayout, rnd: Round, rerun: str) -> None:
                            f"it resumes with the unfinished shards.")
 
 
+def parquet_identity(parquet: Path) -> dict:
+    """Size, mtime (ns) and sha256 of the source parquet (the hash memoised by file identity, so a 1 GB parquet is
+    read once)."""
+    from harness.core.hashing import file_sha256
+
+    st = parquet.stat()
+    return {"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns, "source_sha256": file_sha256(parquet)}
+
+
+def _same_parquet(state: DownloadState, source: str, rows: int, now: dict) -> bool:
+    if Path(state.source_parquet).resolve() != Path(source) or state.source_rows != rows:
+        return False
+    if state.source_sha256 is None:  # a state written before content was recorded: path and rows only
+        return True
+    return state.source_size == now["source_size"] and state.source_sha256 == now["source_sha256"]
+
+
 def open_state(layout: PairsLayout, parquet: Path, rows: int, flags: DownloadFlags, program: Program,
                nps_given: bool) -> DownloadState:
-    """The folder's download state: new, or the existing one after checking it is about the same parquet."""
+    """The folder's download state: new, or the existing one after checking it is about the same parquet (path,
+    rows, size and content hash)."""
     state = read_state(layout)
     source = str(parquet.resolve())
+    now = parquet_identity(parquet)
     if state is None:
         if layout.finished_shards():
             raise HarnessError(f"{layout.shards} already holds shards but {layout.state} is missing: they were not "
                                f"written by training.pairs. Use another --out, or move them away.")
         nps = flags.number_sample_per_shard
         state = DownloadState(source, rows, nps, program.version,
-                              [Round("initial", source, rows, 0, -(-rows // nps), _now())])
+                              [Round("initial", source, rows, 0, -(-rows // nps), _now())], **now)
         write_state(layout, state)
         return state
-    if Path(state.source_parquet).resolve() != Path(source) or state.source_rows != rows:
-        raise HarnessError(f"{layout.root} is a download of {state.source_parquet} ({state.source_rows:,} rows), not "
-                           f"of {source} ({rows:,} rows). Use another --out for another parquet.")
+    if not _same_parquet(state, source, rows, now):
+        was = (f"{state.source_parquet} ({state.source_rows:,} rows, {state.source_size} bytes, sha256 "
+               f"{str(state.source_sha256)[:12]})")
+        raise HarnessError(f"{layout.root} is a download of {was}, not of {source} as it is now ({rows:,} rows, "
+                           f"{now['source_size']} bytes, sha256 {now['source_sha256'][:12]}): the parquet changed or "
+                           f"is another one, and its shards would be mixed with the old ones. Use a new --out, or "
+                           f"--restart to delete this folder's shards and download the parquet afresh.")
     if nps_given and flags.number_sample_per_shard != state.number_sample_per_shard:
         raise HarnessError(f"--number-sample-per-shard {flags.number_sample_per_shard}: {layout.root} was started "
                            f"with {state.number_sample_per_shard} per shard (in {layout.state}); a resume must keep "
-                           f"it. Drop the flag or use another --out.")
+                           f"it. Drop the flag, use another --out, or --restart.")
     return state
 
 
+def restart(layout: PairsLayout) -> None:
+    """Forget a folder's download: its state, shards, retry parquets and availability.json (the parquet stays)."""
+    for folder in (layout.shards, layout.retry):
+        shutil.rmtree(folder, ignore_errors=True)
+    for path in (layout.state, layout.availability):
+        path.unlink(missing_ok=True)
+    logger.info("--restart: removed the download in %s", layout.root)
+
+
 def download(parquet: Path, root: Path, flags: DownloadFlags, program: Program, *, retry_failed: bool = False,
-             nps_given: bool = False, progress: Progress | None = None) -> Outcome:
+             nps_given: bool = False, progress: Progress | None = None, fresh: bool = False) -> Outcome:
     """One round (see the module docstring); returns what it ran."""
     layout = PairsLayout(Path(root).resolve())  # img2dataset runs in DIR: every path it gets is absolute
     parquet = Path(parquet).resolve()
@@ -157,6 +276,9 @@ def download(parquet: Path, root: Path, flags: DownloadFlags, program: Program, 
     rows = parquet_rows(parquet, (flags.url_col, flags.caption_col))
     try:
         with file_lock(layout.root / ".download.lock", wait=False):
+            if fresh:
+                restart(layout)
+                layout.shards.mkdir(exist_ok=True)
             state = open_state(layout, parquet, rows, flags, program, nps_given)
             flags = replace(flags, number_sample_per_shard=state.number_sample_per_shard)
             if retry_failed:

@@ -5,6 +5,9 @@ img2dataset: the source parquet, shard size, each round's first shard), ``DIR/sh
 folder: ``NNNNN.tar``, ``NNNNN.parquet``, ``NNNNN_stats.json``), ``DIR/retry/retry_<n>.parquet`` (failed rows sent
 to a retry round), ``DIR/img2dataset.log`` and ``DIR/availability.json``.
 
+``stats`` also counts a folder that img2dataset wrote directly (the REACT README's own command: shards in ``DIR``,
+no ``shards/``); there ``availability.json`` lies beside the shards.
+
 The shards live in a folder of their own because img2dataset's incremental mode reads every ``*.json`` of its
 output folder as ``<shard>_stats.json``: any other JSON file there breaks its resume.
 """
@@ -23,10 +26,11 @@ _SHARD_FILE = re.compile(r"^(\d+)(\.tar|\.parquet|_stats\.json)$")
 @dataclass(frozen=True)
 class PairsLayout:
     root: Path
+    flat: bool = False  # shards directly in root (the REACT README's own img2dataset command), not in root/shards
 
     @property
     def shards(self) -> Path:
-        return self.root / "shards"
+        return self.root if self.flat else self.root / "shards"
 
     @property
     def availability(self) -> Path:
@@ -77,6 +81,16 @@ class PairsLayout:
     def partial_shards(self) -> list[int]:
         """Shards with files but no ``_stats.json``: a download interrupted while writing them."""
         return sorted(s for s, kinds in self.shard_files().items() if "_stats.json" not in kinds)
+
+
+def open_layout(root: str | Path) -> PairsLayout:
+    """The layout of an existing pairs folder: ours (``DIR/shards/``), or img2dataset's output folder itself (the
+    REACT README's command: ``NNNNN.tar`` and ``NNNNN_stats.json`` directly in DIR)."""
+    ours = PairsLayout(Path(root))
+    if ours.shards.is_dir():
+        return ours
+    flat = PairsLayout(Path(root), flat=True)
+    return flat if flat.shard_files() else ours
 
 
 def brace_pattern(folder: Path, shards: list[int]) -> str:

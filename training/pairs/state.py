@@ -41,6 +41,9 @@ class DownloadState:
     img2dataset_version: str | None
     rounds: list[Round] = field(default_factory=list)
     version: int = STATE_VERSION
+    source_size: int | None = None  # the source parquet as it was when the download started
+    source_mtime_ns: int | None = None
+    source_sha256: str | None = None
 
     @property
     def initial_shards(self) -> int:

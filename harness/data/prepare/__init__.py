@@ -3,10 +3,10 @@
 Modules: ``storage`` (the toolkit's container URL, file URLs, URLs safe to print), ``download`` (one file: ``.part``,
 Range resume, retries, progress), ``verify`` (zip CRCs, index parsing, entries and image count), ``run`` (datasets:
 what to fetch, verify, rename into place, the summary). Hub sources (``--source auto|elevater-rehost|
-clip-benchmark``, ``--plan-only``): ``sources_run`` (per dataset the source, staging, the strict check, the move into
-place), ``hub`` (huggingface_hub: snapshots, resumable verified fetches, one-line errors), ``remote_zip`` (a seekable
-file over HTTP Range), ``rehost`` (the asked members out of ``ELEVATER_all.zip``), ``plan`` (``--plan-only``),
-``record`` (``.harness_source.json``).
+clip-benchmark``, ``--plan-only``): ``sources_all`` (every dataset asked, the summary), ``sources_run`` (per dataset the
+source, staging, the strict check, the move into place), ``hub`` (huggingface_hub: snapshots, resumable verified
+fetches, one-line errors), ``remote_zip`` (a seekable file over HTTP Range), ``rehost`` (the asked members out of
+``ELEVATER_all.zip``), ``plan`` (``--plan-only``), ``record`` (``.harness_source.json``).
 """
 from __future__ import annotations
 

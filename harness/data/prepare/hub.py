@@ -147,7 +147,11 @@ def hub_errors(repo: str, path: str = "", repo_type: str = "dataset") -> Iterato
         raise HubError(f"{where}: no connection to {endpoint()} ({type(exc).__name__}: {exc}) — offline, or "
                        f"HF_ENDPOINT is wrong; set HF_HUB_OFFLINE=1 to use only what is under DATA_ROOT, or point "
                        f"HF_ENDPOINT at a mirror that answers", "unreachable", repo, path) from exc
-    except (httpx2.TransportError, httpx2.TimeoutException) as exc:
+    except httpx2.TimeoutException as exc:
+        raise HubError(f"{where}: {endpoint()} did not answer in time ({type(exc).__name__}; prepare --timeout) — a "
+                       f"stalled hub or mirror; rerun later, point HF_ENDPOINT at a mirror that answers, or set "
+                       f"HF_HUB_OFFLINE=1 to use only what is under DATA_ROOT", "unreachable", repo, path) from exc
+    except httpx2.TransportError as exc:
         raise HubError(f"{where}: the transfer from {endpoint()} failed ({type(exc).__name__}: {exc}) — rerun "
                        f"prepare, it resumes", "unreachable", repo, path) from exc
 
@@ -174,9 +178,32 @@ def _file_bar_class(overall: Any, show: bool) -> type:
 class HubClient:
     """huggingface_hub calls with this harness's error lines, at the endpoint/token of the moment."""
 
-    def __init__(self, *, progress: bool = False, tries: int = 4, backoff_s: float = 1.0, overall: Any = None):
+    def __init__(self, *, progress: bool = False, tries: int = 4, backoff_s: float = 1.0, overall: Any = None,
+                 timeout_s: float = 60.0, connect_timeout_s: float = 15.0):
         self.progress, self.tries, self.backoff_s = progress, max(1, tries), backoff_s
         self.overall = overall  # the run's overall byte bar (tqdm), or None
+        self.timeout_s, self.connect_timeout_s = timeout_s, min(connect_timeout_s, timeout_s)
+        self.down: HubError | None = None  # the endpoint did not answer earlier in this run: not asked again
+
+    def timeout(self) -> Any:
+        """The timeout of every request this client makes (prepare's --timeout; the connect part capped)."""
+        import httpx2
+
+        return httpx2.Timeout(self.timeout_s, connect=self.connect_timeout_s)
+
+    @contextlib.contextmanager
+    def _session_timeout(self) -> Iterator[None]:
+        """huggingface_hub's shared HTTP session with this client's timeout for the calls that take none
+        (list_repo_tree, get_paths_info: the session's own default is no timeout at all); restored after."""
+        from huggingface_hub.utils import get_session
+
+        session = get_session()
+        old = session.timeout
+        session.timeout = self.timeout()
+        try:
+            yield
+        finally:
+            session.timeout = old
 
     def api(self):
         from huggingface_hub import HfApi
@@ -186,13 +213,26 @@ class HubClient:
     def snapshot(self, repo: str, revision: str | None = None, repo_type: str = "dataset",
                  under: str | None = None, paths: list[str] | None = None) -> RepoSnapshot:
         """The repo at ``revision`` (default main) resolved to a commit, with its files: all, or the root's files and
-        those under the folder ``under``, or (``paths``) just those files."""
+        those under the folder ``under``, or (``paths``) just those files. Every request has the client's timeout;
+        an endpoint that did not answer (connection refused, timed out) is not asked again by this client."""
+        check_online()
+        if self.down is not None:
+            raise HubError(f"{repo}: not asked — {endpoint()} did not answer earlier in this run ({self.down})",
+                           "unreachable", repo)
+        try:
+            return self._snapshot(repo, revision, repo_type, under, paths)
+        except HubError as exc:
+            if exc.kind == "unreachable":
+                self.down = exc
+            raise
+
+    def _snapshot(self, repo: str, revision: str | None, repo_type: str, under: str | None,
+                  paths: list[str] | None) -> RepoSnapshot:
         from huggingface_hub.hf_api import RepoFile
 
-        check_online()
         requested = revision or "main"
-        with hub_errors(repo, repo_type=repo_type):
-            info = self.api().repo_info(repo, repo_type=repo_type, revision=requested)
+        with hub_errors(repo, repo_type=repo_type), self._session_timeout():
+            info = self.api().repo_info(repo, repo_type=repo_type, revision=requested, timeout=self.timeout())
             commit = info.sha
             if not commit:
                 raise HubError(f"{repo}: {endpoint()} did not say which commit {requested} is — not a hub endpoint?",
@@ -224,6 +264,17 @@ class HubClient:
         headers = build_hf_headers()
         headers["Accept-Encoding"] = "identity"
         return headers
+
+    def read_text(self, snap: RepoSnapshot, path: str, limit: int = 1 << 16) -> str:
+        """A small file of the snapshot (``nshards.txt``) read into memory, nothing written: what --plan-only asks."""
+        from huggingface_hub.utils import get_session, hf_raise_for_status
+
+        check_online()
+        with hub_errors(snap.repo, path, snap.repo_type):
+            resp = get_session().get(self.url(snap, path), headers=self.headers(), timeout=self.timeout(),
+                                     follow_redirects=True)
+            hf_raise_for_status(resp)
+        return resp.content[:limit].decode("utf-8", errors="replace")
 
     def fetch(self, snap: RepoSnapshot, path: str, staging: Path) -> Fetched:
         """``path`` of the snapshot into ``staging/<path>.part`` (resumed when there), checked against the hub's size

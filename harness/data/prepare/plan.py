@@ -10,6 +10,7 @@ from harness.cards import DatasetCard
 from harness.core.errors import HarnessError
 from harness.core.units import human_bytes
 from harness.data.prepare.hub import OFFLINE_LINE, HubError, offline
+from harness.data.prepare.sources_run import LayoutError, _nshards_of
 
 
 @dataclass
@@ -68,6 +69,13 @@ def _plan(prep: Any, card: DatasetCard, source: Any) -> PlanRow:
                        source.fidelity, "already complete under DATA_ROOT" if present else "")
     if offline():
         raise HubError(OFFLINE_LINE, "offline")
+    if source.kind == "hf-jsonl":
+        from harness.data.prepare.hf_jsonl import plan_hf_jsonl
+
+        where, files, size, note = plan_hf_jsonl(prep, card, source)
+        note += ", already complete under DATA_ROOT" if prep.present(card, source) else ""
+        return PlanRow(card.name, source.kind, where, files, size, source.fidelity,
+                       note + (f"; caveat: {source.caveat}" if source.caveat else ""))
     if source.kind == "elevater-rehost":
         reader = prep.rehost(source)
         plan, _ = reader.plan(source.member)
@@ -76,10 +84,17 @@ def _plan(prep: Any, card: DatasetCard, source: Any) -> PlanRow:
                                                     f"with Range requests")
     snap = prep.snapshot(source.repo, source.revision, under=source.split)
     roots, nshards = prep._wds_files(snap, source)
-    shards = [p for p in snap.files if p.startswith(source.split + "/") and p.endswith(".tar")]
+    count = _nshards_of(prep.client.read_text(snap, nshards), f"{source.repo}/{nshards}")  # read, not saved
+    shards = [f"{source.split}/{k}.tar" for k in range(count)]  # exactly those prepare fetches
+    absent = [p for p in shards if p not in snap.files]
+    if absent:
+        raise LayoutError(f"{source.repo}/{nshards} says {count} shards but {absent[0]} is not in the repo at "
+                          f"{snap.short} — the repo is incomplete")
     paths = roots + [nshards] + shards
     note = f"{source.expected_count} images"
     if prep.present(card, source):
         note += ", already complete under DATA_ROOT"
+    if source.caveat:
+        note += f"; caveat: {source.caveat}"
     return PlanRow(card.name, source.kind, snap.short, len(paths), sum(snap.files[p].size for p in paths),
                    source.fidelity, note)

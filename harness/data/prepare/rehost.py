@@ -90,9 +90,9 @@ class RehostReader:
         name = f"{snap.repo}/{REHOST_FILE}"
         url, headers = client.url(snap, REHOST_FILE), client.headers()
         self.range_file: RangeFile | None = None
-        if probe_ranges(url, headers, name):
+        if probe_ranges(url, headers, name, timeout=client.timeout()):
             kwargs = {} if min_fetch is None else {"min_fetch": min_fetch}
-            self.range_file = RangeFile(url, remote.size, headers, name, **kwargs)
+            self.range_file = RangeFile(url, remote.size, headers, name, timeout=client.timeout(), **kwargs)
             source: Any = self.range_file
         elif whole_zip:  # the whole zip, resumable and verified, kept under DATA_ROOT/<org>/<repo>/ for next time
             whole = (final_dir or staging) / REHOST_FILE

@@ -81,7 +81,7 @@ class RangeFile(_Seekable):
     """Read-only seekable view of a remote file of ``size`` bytes at ``url`` (Range requests)."""
 
     def __init__(self, url: str, size: int, headers: dict[str, str], name: str, *, session: Any = None,
-                 min_fetch: int | None = None, max_fetch: int = MAX_FETCH, timeout: float = 60.0, tries: int = 4):
+                 min_fetch: int | None = None, max_fetch: int = MAX_FETCH, timeout: Any = 60.0, tries: int = 4):
         super().__init__()
         if session is None:
             from huggingface_hub.utils import get_session
@@ -173,8 +173,8 @@ def no_ranges_line(name: str) -> str:
             f"of the zip; {NO_RANGES_REMEDY}")
 
 
-def probe_ranges(url: str, headers: dict[str, str], name: str, session: Any = None) -> bool:
-    """Whether the server answers a one-byte Range request with 206."""
+def probe_ranges(url: str, headers: dict[str, str], name: str, session: Any = None, timeout: Any = 60.0) -> bool:
+    """Whether the server answers a one-byte Range request with 206 (within ``timeout``)."""
     from huggingface_hub.utils import get_session, hf_raise_for_status
 
     from harness.data.prepare.hub import hub_errors
@@ -183,7 +183,7 @@ def probe_ranges(url: str, headers: dict[str, str], name: str, session: Any = No
     parts = name.split("/", 2)
     with hub_errors("/".join(parts[:2]), parts[2] if len(parts) > 2 else ""):
         with session.stream("GET", url, headers={**headers, "Range": "bytes=0-0", "Accept-Encoding": "identity"},
-                            follow_redirects=True) as resp:
+                            follow_redirects=True, timeout=timeout) as resp:
             hf_raise_for_status(resp)
             return resp.status_code == 206
 

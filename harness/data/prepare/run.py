@@ -250,7 +250,7 @@ def prepare(data_root: str | Path, datasets: str | Sequence[str] | None = None,
         raise HarnessError(f"Split '{opts.split}' is not in the card(s) {', '.join(lacking)}; their splits: "
                            f"{', '.join(sorted({s for c in cards for s in c.splits}))}. Pass --split test.")
     if opts.source != "elevater" or opts.plan_only:
-        from harness.data.prepare.sources_run import prepare_sources
+        from harness.data.prepare.sources_all import prepare_sources
 
         return prepare_sources(data_root, cards, skipped, opts, storage_url, source)
     data_root.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
-"""``prepare --source auto|elevater|elevater-rehost|clip-benchmark`` and ``--plan-only``: per dataset card, the most
-faithful source that answers (or the one asked), fetched, checked on arrival, and only then moved under its final name.
+"""``prepare --source auto|elevater|elevater-rehost|clip-benchmark|hf-jsonl`` and ``--plan-only``: per dataset card,
+the most faithful source that answers (or the one asked), fetched, checked on arrival, then moved under its final name.
 
 Per dataset and source (``harness.data.sources``, most faithful first):
 
@@ -10,9 +10,11 @@ Per dataset and source (``harness.data.sources``, most faithful first):
 - ``clip-benchmark``: ``clip-benchmark/wds_<name>``: ``classnames.txt``, the templates, ``dataset_type.txt`` when
   there, ``<split>/nshards.txt`` and exactly the ``nshards`` shards it names, into ``DATA_ROOT/<org>/<repo>/`` (what
   ``hf download --local-dir`` leaves).
+- ``hf-jsonl``: ``<split>.jsonl`` and only the images it names (``prepare.hf_jsonl``), e.g. hateful-memes.
 
 Hub files are fetched at one resolved commit into ``DATA_ROOT/.harness-staging/<org>/<repo>/`` (``.part`` files,
-resumed), each checked against the hub's size and sha256; then the staged dataset is opened with the source's reader
+resumed), each checked against the hub's size and sha256 — ``classnames.txt`` and ``dataset_type.txt`` first, checked
+against the label rule before any shard is fetched; then the staged dataset is opened with the source's reader
 in strict mode (nshards.txt and the shards, image count = the source's expected count, class names, the label rule's
 bijection) and only if that passes are the files moved to their final names and ``.harness_source.json`` (the
 download record: repo, resolved commit, files, datasets) written beside them, last. A file under its final name is
@@ -29,13 +31,12 @@ from typing import Any, Callable
 from harness.cards import DatasetCard
 from harness.core.errors import HarnessError
 from harness.core.units import human_bytes
-from harness.data.prepare.hub import (OFFLINE_LINE, HubClient, HubError, RepoSnapshot, endpoint, file_matches,
-                                      offline)
+from harness.data.prepare.hub import OFFLINE_LINE, HubClient, HubError, RepoSnapshot, file_matches, offline
 from harness.data.prepare.record import read_record, write_record
 
 logger = logging.getLogger(__name__)
 
-SOURCE_CHOICES = ("auto", "elevater", "elevater-rehost", "clip-benchmark")
+SOURCE_CHOICES = ("auto", "elevater", "elevater-rehost", "clip-benchmark", "hf-jsonl")
 STAGING_DIR = ".harness-staging"
 WDS_ROOT_FILES = ("classnames.txt", "zeroshot_classification_templates.txt", "dataset_type.txt")
 
@@ -48,7 +49,8 @@ class SourcePreparer:
         self.data_root, self.opts, self.storage_url = data_root, opts, storage_url
         self.overall, self.elevater_prepare, self.session = overall, elevater_prepare, session
         d = opts.download
-        self.client = HubClient(progress=d.progress, tries=d.tries, backoff_s=d.backoff_s, overall=overall)
+        self.client = HubClient(progress=d.progress, tries=d.tries, backoff_s=d.backoff_s, overall=overall,
+                                timeout_s=d.read_timeout_s, connect_timeout_s=d.connect_timeout_s)
         self.snapshots: dict[tuple[str, str | None, str | None], RepoSnapshot] = {}
         self.rehost_reader: Any = None
         self.rehost_error: HubError | None = None
@@ -62,7 +64,8 @@ class SourcePreparer:
         found = sources_for(card.name)
         if self.opts.source != "auto":
             found = [s for s in found if s.kind == self.opts.source]
-        return found
+        # a hub source holds one split (its ``split``): another --split is the toolkit's container's alone
+        return [s for s in found if s.kind == "elevater" or held_split(s) == self.opts.split]
 
     def snapshot(self, repo: str, revision: str | None, under: str | None = None,
                  paths: list[str] | None = None) -> RepoSnapshot:
@@ -79,8 +82,10 @@ class SourcePreparer:
         if self.rehost_reader is None:
             try:
                 snap = self.snapshot(source.repo, source.revision, paths=[REHOST_FILE])
+                # --plan-only never downloads: without ranges it says so instead of fetching the whole zip
                 self.rehost_reader = RehostReader(self.client, snap, self.staging_root / source.repo,
-                                                  whole_zip=self.opts.whole_zip, merge_gap=self.opts.merge_gap,
+                                                  whole_zip=self.opts.whole_zip and not self.opts.plan_only,
+                                                  merge_gap=self.opts.merge_gap,
                                                   final_dir=source.local_dir(self.data_root))
             except HubError as exc:
                 self.rehost_error = exc
@@ -110,10 +115,14 @@ class SourcePreparer:
 
     def hand_download(self, card: DatasetCard, source: Any) -> bool:
         """The source's layout is under DATA_ROOT (whoever put it there)."""
+        return self.hand_copy(card, source) is not None
+
+    def hand_copy(self, card: DatasetCard, source: Any) -> Path | None:
+        """Where the source's layout is under DATA_ROOT (whoever put it there), or None."""
         from harness.data.sources import present_sources
 
-        return any(s.kind == source.kind and s.repo == source.repo
-                   for s, _ in present_sources(card, self.data_root)[0])
+        return next((p for s, p in present_sources(card, self.data_root)[0]
+                     if s.kind == source.kind and s.repo == source.repo), None)
 
     # ---------------------------------------------------------------- one dataset
     def prepare(self, card: DatasetCard) -> Any:
@@ -156,11 +165,17 @@ class SourcePreparer:
             return DatasetOutcome(card.name, "present", f"already complete in {folder} "
                                   f"({source.repo}@{str(record.get('revision', ''))[:8]}), nothing downloaded",
                                   folder=folder, source=_describe(source, record.get("revision")))
-        if (offline() or source.kind == "elevater-rehost") and self.hand_download(card, source):
+        location = self.hand_copy(card, source) if offline() or source.kind == "elevater-rehost" else None
+        if location is not None:
             # a copy put there by hand: read strictly (counts, classes, the label rule); the hub is not asked
             from harness.data.sources import open_source
 
-            data = open_source(card, source, self.data_root, strict=True)
+            try:
+                data = open_source(card, source, self.data_root, strict=True, location=location)
+            except HarnessError as exc:  # rerunning prepare would find the same copy: say what to remove
+                raise HarnessError(f"the copy at {location} (not downloaded by prepare) fails the check: "
+                                   f"{_without_remedy(exc, source)} Remove {location} and rerun prepare to download "
+                                   f"{card.name} from {source.kind} again.") from exc
             why = "HF_HUB_OFFLINE" if offline() else "a hand download, not ours"
             return DatasetOutcome(card.name, "present", f"{len(data.labels)} images found in {data.location} and "
                                   f"read strictly (not checked against the hub: {why})", folder=folder,
@@ -169,7 +184,19 @@ class SourcePreparer:
             raise HubError(OFFLINE_LINE, "offline")
         if source.kind == "elevater-rehost":
             return self._rehost(card, source)
+        if source.kind == "hf-jsonl":
+            from harness.data.prepare.hf_jsonl import prepare_hf_jsonl
+
+            return prepare_hf_jsonl(self, card, source)
         return self._wds(card, source)
+
+    @staticmethod
+    def check_split_of(source: Any, split: str) -> None:
+        """``--split`` other than a hub source's split: one line naming the flag (the source has no other split)."""
+        if source.kind != "elevater" and split != (held := held_split(source)):
+            raise HarnessError(f"--split {split}: the {source.kind} source of {source.dataset} ({source.repo}) "
+                               f"holds only its '{held}' split{'' if held == source.split else f' (as {source.split})'}"
+                               f"; pass --split {held}, or --source elevater for the toolkit's other splits.")
 
     def _elevater(self, card: DatasetCard, source: Any) -> Any:
         from harness.data.prepare.download import DownloadError
@@ -230,6 +257,17 @@ class SourcePreparer:
         staged = self.staging_root / source.repo
         fetched: list[str] = []
         received = 0
+        for path in roots:  # the class names and dataset type first: the label rule is checked before any shard
+            received += self._stage(snap, path, folder, staged, fetched)
+        from harness.data.sources import label_rule
+        from harness.data.wds_split import check_label_files
+
+        try:
+            check_label_files(card, staged, label_rule(source.label_rule), "")
+        except HarnessError as exc:
+            raise LayoutError(f"{' '.join(str(exc).split())} Checked before any shard was downloaded: nothing was "
+                              f"moved into {folder}; if the hub's copy itself differs, use another --source (or "
+                              f"correct the label rule in the sources data).") from exc
         received += self._stage(snap, nshards, folder, staged, fetched)
         count = _read_nshards(staged / nshards, f"{source.repo}/{nshards}")
         shards = [f"{source.split}/{k}.tar" for k in range(count)]
@@ -237,7 +275,7 @@ class SourcePreparer:
         if absent:
             raise LayoutError(f"{source.repo}/{nshards} says {count} shards but {absent[0]} is not in the repo at "
                               f"{snap.short} — the repo is incomplete; use another --source")
-        for path in roots + shards:
+        for path in shards:
             received += self._stage(snap, path, folder, staged, fetched)
         wanted = roots + [nshards] + shards
         try:
@@ -246,12 +284,7 @@ class SourcePreparer:
             raise LayoutError(f"{_without_remedy(exc, source)} Checked before anything was moved: nothing was moved "
                               f"into {folder}; the fetched files wait in {staged} (reused by the next run); if the "
                               f"hub's copy itself is wrong, use another --source.") from exc
-        for path in wanted:
-            src, dst = staged / path, folder / path
-            if src.is_file() and not (dst.is_file() and os.path.samefile(src, dst)):
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
-        shutil.rmtree(staged, ignore_errors=True)
+        move_staged(staged, folder, wanted)
         files = {p: {"size": snap.files[p].size, "sha256": snap.files[p].sha256} for p in wanted}
         write_record(folder, source, snap, card.name, files)
         detail = (f"{source.expected_count} images from {snap.short} ({source.fidelity}); "
@@ -314,6 +347,26 @@ class SourcePreparer:
                               source=_describe(source, reader.snap.commit, data.source.get("fidelity")))
 
 
+def move_staged(staged: Path, folder: Path, paths: list[str]) -> None:
+    """The verified staged files to their final names (a final file already linked there stays), staging removed."""
+    for path in paths:
+        src, dst = staged / path, folder / path
+        if src.is_file() and not (dst.is_file() and os.path.samefile(src, dst)):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+    shutil.rmtree(staged, ignore_errors=True)
+
+
+def held_split(source: Any) -> str:
+    """The ELEVATER split a hub source holds: its split folder (``test``), or for hf-jsonl, whose split is the source's
+    own name (``dev_seen``), the card's evaluation split."""
+    if source.kind != "hf-jsonl":
+        return source.split
+    from harness.cards import get_dataset_card
+
+    return get_dataset_card(source.dataset).eval_split
+
+
 class LayoutError(HarnessError):
     """The source answered but its files are not what the sources data describes (named in the message)."""
 
@@ -324,7 +377,11 @@ def _without_remedy(exc: BaseException, source: Any) -> str:
 
 
 def _read_nshards(path: Path, name: str) -> int:
-    text = path.read_text(encoding="utf-8", errors="replace").strip()
+    return _nshards_of(path.read_text(encoding="utf-8", errors="replace"), name)
+
+
+def _nshards_of(text: str, name: str) -> int:
+    text = text.strip()
     if not text.isdigit() or int(text) < 1:
         raise LayoutError(f"{name}: holds {text[:40]!r}, expected one whole number of shards — the repo is "
                           f"damaged")
@@ -337,56 +394,3 @@ def _describe(source: Any, commit: str | None = None, fidelity: str | None = Non
         return f"elevater ({source.fidelity})"
     rev = (commit or source.revision or "")[:8]
     return f"{source.kind} {source.repo}{'@' + rev if rev else ''} ({fidelity or source.fidelity})"
-
-
-def prepare_sources(data_root: Path, cards: list[DatasetCard], skipped: list[DatasetCard], opts: Any,
-                    storage_url: str, storage_from: str) -> Any:
-    """``prepare`` with ``--source`` other than the toolkit's container alone, or ``--plan-only``."""
-    import requests
-
-    from harness.data.prepare.plan import plan_rows
-    from harness.data.prepare.run import DatasetOutcome, PrepareSummary, imagenet_skip_message, prepare_dataset
-    from harness.data.prepare.storage import public_url
-
-    if opts.source not in SOURCE_CHOICES:
-        raise HarnessError(f"--source must be one of {', '.join(SOURCE_CHOICES)}, got '{opts.source}'.")
-    summary = PrepareSummary(data_root, public_url(storage_url), storage_from, mode=opts.source, hub=endpoint())
-    summary.outcomes += [DatasetOutcome(c.name, "skipped", imagenet_skip_message(c)) for c in skipped]
-    is_offline = offline()
-    if is_offline:
-        summary.notes.append(f"  {OFFLINE_LINE}")
-    if not opts.plan_only:
-        data_root.mkdir(parents=True, exist_ok=True)
-    bar = None
-    if opts.download.progress and not opts.plan_only:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024, desc="overall", position=0,
-                   dynamic_ncols=True, bar_format="{desc}: {n_fmt}{unit} [{elapsed}, {rate_fmt}]")
-    session = requests.Session()
-    session.headers["User-Agent"] = "react-elevater-harness-prepare"
-    runner = SourcePreparer(data_root, opts, storage_url, overall=bar, elevater_prepare=prepare_dataset,
-                            session=session)
-    try:
-        for card in cards:
-            if opts.plan_only:
-                summary.plan += plan_rows(runner, card)
-                continue
-            outcome = runner.prepare(card)
-            if is_offline and outcome.status == "failed" and OFFLINE_LINE in outcome.detail:
-                outcome.detail = "not under DATA_ROOT; no hub contacted (HF_HUB_OFFLINE, see above)"
-            summary.outcomes.append(outcome)
-    finally:
-        session.close()
-        if runner.rehost_reader is not None:
-            runner.rehost_reader.close()
-        if bar is not None:
-            bar.close()
-        staging = data_root / STAGING_DIR
-        if staging.is_dir():
-            for folder in sorted(staging.rglob("*"), reverse=True):  # drop empty staging folders
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
-            if not any(staging.iterdir()):
-                staging.rmdir()
-    return summary
