@@ -159,3 +159,50 @@ def test_one_iris_line_parser_for_eval_and_prepare(tmp_path):
     index.write_text("val.zip@a.jpg 1\nval.zip@b.jpg\n")  # prepare refuses what eval would refuse
     with pytest.raises(VerifyError, match="line 2: no label"):
         read_index(index, "test.txt", "iris")
+
+
+_WORKER_IMPORTS = r'''
+import io, sys
+import numpy as np
+from PIL import Image
+
+class Probe:
+    """Decodes one JPEG per item inside a DataLoader worker and returns the modules the worker had to import."""
+    def __init__(self, blob):
+        self.blob = blob
+    def __len__(self):
+        return 2
+    def __getitem__(self, i):
+        from harness.data.decoding import decode_image
+        before = set(sys.modules)
+        decode_image(self.blob)
+        return sorted(set(sys.modules) - before)
+
+buf = io.BytesIO()
+Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, "JPEG")
+from harness.engine.{module} import {factory} as make
+loader = make(Probe(buf.getvalue()), {args})
+new = sorted({{m for batch in loader for item in batch for m in (item if isinstance(item, list) else [item])}})
+print("NEW:" + ",".join(new))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module,factory,args", [
+    ("zeroshot", "make_loader", "batch_size=1, workers=1, device='cpu'"),
+    ("imagesource", "_loader", "batches=[range(0, 1), range(1, 2)], workers=1, device='cpu'"),
+])
+def test_dataloader_workers_import_nothing_the_parent_did_not(module, factory, args):
+    """A forked DataLoader worker that imports a module can block forever on an import lock another thread of the
+    parent held at the fork (it hung training's periodic eval: a worker stuck importing vision_datasets). The parent
+    imports every decoding module before its workers fork, so a worker decoding a JPEG imports nothing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = _WORKER_IMPORTS.format(module=module, factory=factory, args=args)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = [x for x in done.stdout.splitlines() if x.startswith("NEW:")][-1]
+    assert line == "NEW:", f"modules imported inside a worker: {line[4:]}"

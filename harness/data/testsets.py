@@ -13,7 +13,6 @@ under one of the card's ``imagefolder_dirs`` or given directly as the data root.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -25,6 +24,7 @@ import numpy as np
 
 from harness.cards import DatasetCard
 from harness.core.errors import HarnessError
+from harness.data.decoding import decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -87,60 +87,6 @@ class ImageReadError(HarnessError):
 
 SKIP_HINT = ("re-download the dataset (python -m harness prepare), or pass --skip-bad-images to leave such images "
              "out (the result records which)")
-
-
-@contextlib.contextmanager
-def _pillow_bomb_limit_lifted():
-    """ELEVATER test sets are trusted data: an image over Pillow's decompression-bomb limit (~179 Mpx) is read, not
-    refused. The limit is lifted only around the harness's own decode call and restored after."""
-    from PIL import Image
-
-    old = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
-
-
-def to_rgb(image):
-    """An 8-bit RGB image from any Pillow mode. Pillow's ``convert('RGB')`` clips 16-bit and 32-bit integer
-    grayscale ("I;16", "I") to 255 — a 16-bit PNG comes out pure white — and float ("F") images likewise; those
-    are scaled to 8 bits here (16-bit: value / 257, i.e. 65535 -> 255; "I" whose values exceed 255 is taken as
-    16-bit; "F" in [0, 1] is scaled by 255). Every other mode goes through Pillow's own conversion."""
-    from PIL import Image
-
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I") or image.mode == "F":
-        a = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I;16") or (image.mode == "I" and a.max(initial=0) > 255):
-            a = a / 257.0
-        elif image.mode == "F" and a.max(initial=0) <= 1.0:
-            a = a * 255.0
-        gray = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-        return gray.convert("RGB")
-    return image.convert("RGB")
-
-
-def decode_image(blob: bytes):
-    """Decode image bytes as the toolkit's reader does — vision-datasets' PILImageLoader: EXIF orientation, then
-    RGB — fully (a truncated file fails here, not later). One deliberate difference: PILImageLoader converts 16-bit
-    images ("I;16") with Pillow's ``convert('RGB')``, which clips them to white; those modes are rotated by their
-    EXIF orientation and scaled to 8 bits by :func:`to_rgb` instead."""
-    import io
-
-    from PIL import Image, ImageOps
-    from vision_datasets.common.data_reader import PILImageLoader
-
-    with _pillow_bomb_limit_lifted():
-        image = Image.open(io.BytesIO(blob))
-        if image.mode.startswith("I") or image.mode == "F":
-            image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
-        image = PILImageLoader.load_from_stream(io.BytesIO(blob))
-        image.load()
-    return to_rgb(image)
 
 
 def _read_error(dataset: str, path: str, exc: BaseException) -> ImageReadError:

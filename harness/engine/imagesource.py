@@ -95,6 +95,11 @@ def _collate(items: list) -> Any:
 def _loader(dataset: Any, batches: list[range], workers: int, device: str):
     from torch.utils.data import DataLoader
 
+    from harness.data.decoding import import_decoders
+
+    if workers:
+        import_decoders()  # before the workers fork: none of them may import (see import_decoders)
+
     return DataLoader(dataset, batch_sampler=[list(b) for b in batches], num_workers=workers, collate_fn=_collate,
                       pin_memory=str(device).startswith("cuda"), persistent_workers=False)
 

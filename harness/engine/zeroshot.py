@@ -190,6 +190,11 @@ def make_loader(dataset: Any, batch_size: int, workers: int, device: str = "cpu"
     """A sequential DataLoader; workers decode and preprocess while the main process runs the model."""
     from torch.utils.data import DataLoader
 
+    from harness.data.decoding import import_decoders
+
+    if workers:
+        import_decoders()  # before the workers fork: none of them may import (see import_decoders)
+
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       pin_memory=str(device).startswith("cuda"), drop_last=False,
                       persistent_workers=False)
